@@ -1,0 +1,67 @@
+"""``mechanoscope simulate``: synthetic data with known ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress
+
+from mechanoscope.cli._common import console, user_errors
+
+simulate_app = typer.Typer(help="Simulate microscope images of cells with known stiffness.", no_args_is_help=True)
+
+
+@simulate_app.command("adherent")
+def adherent(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, labels/, cells.parquet, afm.parquet, simulation.json)."),
+    n_images: int = typer.Option(8, help="Number of fields of view."),
+    cells_per_image: int = typer.Option(12, help="Cells per field of view."),
+    populations: str = typer.Option("soft,stiff", help="Comma-separated population names (soft: 200 Pa, stiff: 2 kPa, intermediate: 630 Pa medians)."),
+    continuous: bool = typer.Option(False, help="Draw E log-uniformly over --stiffness-range-pa instead of from populations."),
+    stiffness_range_pa: tuple[float, float] = typer.Option((100.0, 10000.0), help="Range of E in Pa for --continuous."),
+    modality: str = typer.Option("brightfield", help="brightfield or phase_contrast."),
+    defocus_um: Optional[float] = typer.Option(None, help="Mean defocus in µm [default: 3.0 for bright-field, 0.0 for phase contrast]."),
+    pixel_size_um: float = typer.Option(0.65, help="Pixel size in µm."),
+    image_size_px: int = typer.Option(512, help="Field of view edge length in pixels."),
+    afm_fraction: float = typer.Option(0.3, help="Fraction of whole cells with a simulated AFM measurement."),
+    afm_error_cv: float = typer.Option(0.25, help="AFM measurement error (coefficient of variation)."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with an AdherentConfig; flags given explicitly override it."),
+    seed: int = typer.Option(0, help="Random seed; same seed → identical files."),
+    overwrite: bool = typer.Option(False, help="Replace a different simulation already in --out."),
+) -> None:
+    """Simulate fields of view of adherent cells with known Young's modulus."""
+    from mechanoscope.simulate.adherent import AdherentConfig, simulate_adherent
+
+    with user_errors():
+        base = AdherentConfig.from_file(config).model_dump() if config else {}
+        base.update(
+            n_images=n_images,
+            cells_per_image=cells_per_image,
+            population_names=[p.strip() for p in populations.split(",") if p.strip()],
+            stiffness_mode="continuous" if continuous else "populations",
+            stiffness_range_pa=stiffness_range_pa,
+            modality=modality,
+            defocus_um=defocus_um if defocus_um is not None else (3.0 if modality == "brightfield" else 0.0),
+            image_shape_px=(image_size_px, image_size_px),
+            afm_fraction=afm_fraction,
+            afm_error_cv=afm_error_cv,
+        )
+        optics = dict(base.get("optics") or {})
+        optics["pixel_size_um"] = pixel_size_um
+        base["optics"] = optics
+        cfg = AdherentConfig.build(**base)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("simulating", total=cfg.n_images)
+            simulate_adherent(cfg, out, seed=seed, overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i))
+    import pandas as pd
+
+    cells = pd.read_parquet(out / "cells.parquet")
+    counts = cells["label"].value_counts().to_dict() if len(cells) else {}
+    console.print(f"wrote {cfg.n_images} images with {len(cells)} cells {counts} to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``simulate`` verb to the main app."""
+    app.add_typer(simulate_app, name="simulate")

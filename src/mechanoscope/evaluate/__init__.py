@@ -1,0 +1,27 @@
+"""Metrics: classification, regression, segmentation and tracking; group statistics."""
+
+from mechanoscope.evaluate.segmentation import (
+    AP_THRESHOLDS,
+    InstanceMatch,
+    OverlapTable,
+    aggregate_segmentation_scores,
+    iou_matrix,
+    match_instances,
+    overlap_table,
+    segmentation_scores,
+    segmentation_scores_dataset,
+    segmentation_table,
+)
+
+__all__ = [
+    "AP_THRESHOLDS",
+    "InstanceMatch",
+    "OverlapTable",
+    "aggregate_segmentation_scores",
+    "iou_matrix",
+    "match_instances",
+    "overlap_table",
+    "segmentation_scores",
+    "segmentation_scores_dataset",
+    "segmentation_table",
+]

@@ -1,0 +1,43 @@
+"""Physics-based synthetic microscopy with known ground truth."""
+
+from mechanoscope.simulate.adherent import (
+    DEFAULT_POPULATIONS,
+    AdherentConfig,
+    MorphologyCouplings,
+    PopulationSpec,
+    SimulatedField,
+    afm_measurements,
+    render_cell,
+    sample_stiffness,
+    simulate_adherent,
+    simulate_field,
+)
+from mechanoscope.simulate.optics import (
+    CameraConfig,
+    OpticsConfig,
+    apply_camera,
+    illumination_field,
+    render_brightfield,
+    render_intensity,
+    render_phase_contrast,
+)
+
+__all__ = [
+    "DEFAULT_POPULATIONS",
+    "AdherentConfig",
+    "CameraConfig",
+    "MorphologyCouplings",
+    "OpticsConfig",
+    "PopulationSpec",
+    "SimulatedField",
+    "afm_measurements",
+    "apply_camera",
+    "illumination_field",
+    "render_brightfield",
+    "render_cell",
+    "render_intensity",
+    "render_phase_contrast",
+    "sample_stiffness",
+    "simulate_adherent",
+    "simulate_field",
+]
