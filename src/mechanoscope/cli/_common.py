@@ -10,7 +10,8 @@ from rich.console import Console
 
 from mechanoscope.errors import MechanoscopeError
 
-console = Console(stderr=True)
+# soft_wrap: never break long file paths in messages (they must stay copyable and greppable)
+console = Console(stderr=True, soft_wrap=True)
 
 __all__ = ["console", "user_errors"]
 
