@@ -43,6 +43,9 @@ _demo.register(app)
 from mechanoscope.cli import evaluate as _evaluate  # noqa: E402
 
 _evaluate.register(app)
+from mechanoscope.cli import extract as _extract  # noqa: E402
+
+_extract.register(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -1,0 +1,591 @@
+"""Extraction: image + label image → cell table (morphology, quality flags) + crops.
+
+:func:`extract_cells` works on one image (arrays or :class:`~mechanoscope.io.Image`),
+:func:`extract_folder` on folders of images and label images paired by file name; it
+writes ``cells.parquet``, ``crops.zarr`` and ``extract.json`` into a run folder. A bad
+pair is reported (a :class:`~mechanoscope.errors.MechanoscopeWarning` and an entry in
+``extract.json``'s ``errors``) and skipped; the other images are still extracted.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mechanoscope import __version__
+from mechanoscope.cells._validate import (
+    LabelImageError,
+    ShapeMismatchError,
+    as_label_array,
+)
+from mechanoscope.cells.crops import CropConfig, crop_cells, crop_outside_fraction
+from mechanoscope.cells.morphology import measure_cells
+from mechanoscope.cells.quality import QualityConfig, quality_flags
+from mechanoscope.cells.store import CropStoreWriter
+from mechanoscope.errors import AxesError, ConfigError, MechanoscopeError, MechanoscopeWarning
+from mechanoscope.io.atomic import write_json
+from mechanoscope.io.images import (
+    Image,
+    check_image_values,
+    image_paths,
+    read_image,
+    read_label_image,
+)
+from mechanoscope.io.tables import write_table
+
+__all__ = [
+    "ExtractConfig",
+    "ExtractResult",
+    "extract_cells",
+    "extract_folder",
+    "pair_images_and_labels",
+    "LABEL_SUFFIXES",
+    "ProgressCallback",
+]
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done, total)``: called after each image pair of a batch."""
+
+LABEL_SUFFIXES = (
+    "labels", "label", "masks", "mask", "instances", "instance", "cp_masks", "seg",
+    "segmentation", "ids",
+)
+"""A label file pairs with image ``NAME.ext`` if its stem is ``NAME`` or ``NAME_<suffix>``
+(``-`` or ``.`` also accepted as separator; suffix case-insensitive)."""
+
+
+class ExtractConfig(BaseModel):
+    """Settings of cell extraction; written into ``extract.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop: CropConfig = Field(default_factory=CropConfig, description="Crop geometry and channels.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="Thresholds of the quality flags."
+    )
+    relabel: bool = Field(
+        False,
+        description=(
+            "Label connected components of the label image first (needed for binary "
+            "masks, where all cells share the value 1 or 255)."
+        ),
+    )
+    axes: str | None = Field(
+        None,
+        description=(
+            "Axis letters of the images (e.g. 'CYX', 'TYX') when the files do not name "
+            "them; None = from the file."
+        ),
+    )
+    channel: int | None = Field(
+        None, ge=0, description="Channel (0-based) to crop from multichannel images."
+    )
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="Pixel size in µm overriding the images' metadata; None = from metadata."
+    )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> "ExtractConfig":
+        """Load from a JSON or YAML file (a whole ``extract.json`` works too: its ``config`` is used)."""
+        return cls.build(**_load_mapping(path))
+
+    @classmethod
+    def build(cls, **fields: Any) -> "ExtractConfig":
+        """Validate fields into a config; invalid values raise :class:`ConfigError`."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid extraction settings: {_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+        parts.append(f"{loc}: {err.get('msg', '')}")
+    return "; ".join(parts)
+
+
+def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except Exception as exc:
+        raise ConfigError(f"{p}: not valid JSON/YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of extraction settings")
+    if "config" in data and "provenance" in data:  # an extract.json
+        data = data["config"]
+    return dict(data)
+
+
+def _as_config(config: ExtractConfig | dict[str, Any] | None) -> ExtractConfig:
+    if config is None:
+        return ExtractConfig()
+    if isinstance(config, ExtractConfig):
+        return config
+    return ExtractConfig.build(**config)
+
+
+def _where(obj: Any, fallback: str) -> str:
+    if isinstance(obj, Image) and obj.path is not None:
+        return str(obj.path)
+    return fallback
+
+
+def _to_tyx(data: np.ndarray, axes: str) -> np.ndarray:
+    if "T" not in axes:
+        data, axes = data[None], "T" + axes
+    return np.transpose(data, [axes.index(a) for a in "TYX"])
+
+
+def _image_frames(image: Image | np.ndarray, cfg: ExtractConfig, where: str) -> np.ndarray:
+    """Return the intensity image as ``(T, H, W)``, selecting channel and checking Z."""
+    if isinstance(image, Image):
+        data, axes = image.data, image.axes
+    else:
+        data = np.asarray(image)
+        if data.ndim == 2:
+            axes = "YX"
+        elif cfg.axes is not None:
+            axes = cfg.axes.upper()
+            if len(axes) != data.ndim or not set(axes) <= set("TCZYX") or not {"Y", "X"} <= set(axes):
+                raise AxesError(
+                    f"{where}: axes={cfg.axes!r} do not fit an image of shape {data.shape}; use "
+                    "one distinct letter of T, C, Z, Y, X per dimension"
+                )
+        else:
+            raise AxesError(
+                f"{where}: image of shape {data.shape} has {data.ndim} dimensions; pass the "
+                "axes explicitly, e.g. axes='CYX' or 'TYX' (CLI: --axes)"
+            )
+    if "C" in axes:
+        k = axes.index("C")
+        n = data.shape[k]
+        if cfg.channel is None:
+            if n != 1:
+                raise AxesError(
+                    f"{where}: image has {n} channels (axes {axes!r}); choose the one to crop "
+                    "with channel=K (CLI: --channel K, 0-based)"
+                )
+            ch = 0
+        else:
+            if cfg.channel >= n:
+                raise AxesError(
+                    f"{where}: channel={cfg.channel} but the image has only {n} channels "
+                    f"(0..{n - 1})"
+                )
+            ch = cfg.channel
+        data, axes = np.take(data, ch, axis=k), axes.replace("C", "")
+    elif cfg.channel not in (None, 0):
+        raise AxesError(
+            f"{where}: channel={cfg.channel} given but the image has no channel axis "
+            f"(axes {axes!r}); leave the channel option out"
+        )
+    if "Z" in axes:
+        k = axes.index("Z")
+        if data.shape[k] != 1:
+            raise AxesError(
+                f"{where}: image is a Z stack of {data.shape[k]} planes (axes {axes!r}); "
+                "extraction works on 2-D images: project the stack or select one plane first"
+            )
+        data, axes = np.take(data, 0, axis=k), axes.replace("Z", "")
+    return _to_tyx(data, axes)
+
+
+def _label_frames(labels: Image | np.ndarray, n_frames: int, where: str) -> np.ndarray:
+    """Return the labels as ``(T, H, W)``."""
+    if isinstance(labels, Image):
+        data, axes = labels.data, labels.axes
+    else:
+        data = np.asarray(labels)
+        axes = {2: "YX", 3: "TYX"}.get(data.ndim, "")
+        if not axes:
+            raise LabelImageError(f"{where}: expected a (H, W) or (T, H, W) label image, got shape {data.shape}")
+    for a in "CZ":
+        if a in axes:
+            k = axes.index(a)
+            if data.shape[k] != 1:
+                raise LabelImageError(
+                    f"{where}: label image has {data.shape[k]} planes along axis {a!r}; a label "
+                    "image must be 2-D (or one plane per time frame)"
+                )
+            data, axes = np.take(data, 0, axis=k), axes.replace(a, "")
+    if "T" in axes and data.shape[axes.index("T")] == 1 and n_frames == 1:
+        data, axes = np.take(data, 0, axis=axes.index("T")), axes.replace("T", "")
+    return _to_tyx(data, axes)
+
+
+def extract_cells(
+    image: Image | np.ndarray,
+    labels: Image | np.ndarray,
+    *,
+    pixel_size_um: float | None = None,
+    config: ExtractConfig | dict[str, Any] | None = None,
+    image_id: str | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Measure, flag and crop every cell of one image.
+
+    Parameters
+    ----------
+    image
+        Intensity image: an :class:`~mechanoscope.io.Image` (axes and pixel size
+        known) or an array — ``(H, W)``, or with more dimensions together with
+        ``config.axes``. A channel axis needs ``config.channel`` unless it has length
+        1; a time axis ``T`` is extracted frame by frame (``frame`` column).
+    labels
+        Label image (0 = background, one id per cell) of the same shape as the
+        image's ``(H, W)`` (or ``(T, H, W)``) planes, as :class:`Image` or array.
+    pixel_size_um
+        Pixel size of the image in µm; required for arrays, overrides an
+        :class:`Image`'s own pixel size.
+    config
+        :class:`ExtractConfig` (or a dict of its fields); defaults to ``ExtractConfig()``.
+    image_id
+        Value of the ``image_id`` column; default: the image file's stem, else ``"image"``.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per cell (and frame): morphology and intensity/texture columns
+        (:func:`~mechanoscope.cells.morphology.measure_cells`), quality flags
+        (:func:`~mechanoscope.cells.quality.quality_flags`), ``pixel_size_um``,
+        ``crop_outside_fraction`` and ``crop_pad_value``.
+    crops : numpy.ndarray
+        ``(N, C, P, P)`` float32 crops in the table's row order
+        (:func:`~mechanoscope.cells.crops.crop_cells`).
+
+    Raises
+    ------
+    ShapeMismatchError
+        Image and label shapes differ.
+    LabelImageError
+        Labels not integer, negative, or a binary mask (pass ``relabel=True``).
+    AxesError
+        Multichannel image without ``channel``, Z stacks, arrays of more than two
+        dimensions without ``axes``.
+    ImageReadError
+        Empty, constant or NaN-containing image.
+    MissingPixelSizeError
+        No pixel size known.
+    """
+    cfg = _as_config(config)
+    if image_id is None:
+        image_id = image.name if isinstance(image, Image) else "image"
+    img_where = _where(image, f"image {image_id}")
+    lab_where = _where(labels, f"labels of {image_id}")
+    if pixel_size_um is None and isinstance(image, Image):
+        pixel_size_um = image.pixel_size_um
+    if pixel_size_um is None:
+        from mechanoscope.errors import MissingPixelSizeError
+
+        raise MissingPixelSizeError(
+            f"{img_where}: no pixel size known; pass pixel_size_um (CLI: --pixel-size-um), the "
+            "value in µm for your camera and objective"
+        )
+    if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise MechanoscopeError(f"pixel_size_um must be a positive number of µm, got {pixel_size_um}")
+    px = float(pixel_size_um)
+
+    img = _image_frames(image, cfg, img_where)
+    lab = _label_frames(labels, img.shape[0], lab_where)
+    if img.shape != lab.shape:
+        def fmt(s: tuple[int, ...]) -> tuple[int, ...]:
+            return s[1:] if s[0] == 1 else s
+
+        raise ShapeMismatchError(
+            f"{img_where} has shape {fmt(img.shape)} but its label image {lab_where} has shape "
+            f"{fmt(lab.shape)}; they must cover the same pixels (check that the right files "
+            "are paired and that the labels were made from this image)"
+        )
+    check_image_values(img, img_where)
+    pad = cfg.crop.pad_value if cfg.crop.pad_value is not None else float(np.median(img))
+
+    tables: list[pd.DataFrame] = []
+    crops: list[np.ndarray] = []
+    for t in range(img.shape[0]):
+        lab_t = as_label_array(lab[t], lab_where, relabel_components=cfg.relabel)
+        tab = measure_cells(lab_t, img[t], pixel_size_um=px, image_id=str(image_id), frame=t)
+        tab = quality_flags(tab, lab_t.shape, cfg.quality)
+        tab["pixel_size_um"] = px
+        tab["crop_outside_fraction"] = crop_outside_fraction(
+            tab, lab_t.shape, pixel_size_um=px, config=cfg.crop
+        )
+        tab["crop_pad_value"] = pad
+        tables.append(tab)
+        crops.append(crop_cells(img[t], lab_t, tab, pixel_size_um=px, config=cfg.crop, pad_value=pad))
+    nonempty = [t for t in tables if len(t)]
+    table = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0].reset_index(drop=True)
+    crop_arr = np.concatenate(crops, axis=0)
+    if len(table) == 0:
+        warnings.warn(f"{lab_where}: label image holds no cells", MechanoscopeWarning, stacklevel=2)
+    return table, crop_arr
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _strip_label_suffix(stem: str) -> str | None:
+    low = stem.lower()
+    for suf in LABEL_SUFFIXES:
+        for sep in ("_", "-", "."):
+            tail = sep + suf
+            if low.endswith(tail) and len(stem) > len(tail):
+                return stem[: -len(tail)]
+    return None
+
+
+def _as_paths(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    if isinstance(source, (str, os.PathLike)):
+        return image_paths(source)
+    return [Path(p) for p in source]
+
+
+def pair_images_and_labels(
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """Pair image files with label files by file name.
+
+    ``images``/``labels`` are a file, a folder or a list of files. An image
+    ``NAME.ext`` pairs with the label file whose stem is ``NAME``, or else
+    ``NAME_labels``, ``NAME_masks``, ``NAME_instances`` … (:data:`LABEL_SUFFIXES`).
+    When both point to the same folder, files with a label suffix are the labels.
+
+    Returns
+    -------
+    pairs
+        ``(image, labels)`` paths, in image order.
+    problems
+        One dict (``image``, ``labels``, ``error``) per image without a unique label
+        file, per label file without an image, and per duplicate image name.
+    """
+    img_list = _as_paths(images)
+    lab_list = _as_paths(labels)
+    lab_set = {p.resolve() for p in lab_list}
+    if {p.resolve() for p in img_list} & lab_set:
+        img_list = [p for p in img_list if _strip_label_suffix(p.stem) is None]
+        lab_list = [p for p in lab_list if _strip_label_suffix(p.stem) is not None]
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[dict[str, str]] = []
+    used: set[Path] = set()
+    seen: dict[str, Path] = {}
+    for img in img_list:
+        if img.stem in seen:
+            problems.append({
+                "image": str(img), "labels": "",
+                "error": f"{img}: another image has the same name {img.stem!r} ({seen[img.stem]}); "
+                "image names must be unique",
+            })
+            continue
+        seen[img.stem] = img
+        cand = [p for p in lab_list if p.stem == img.stem]
+        if not cand:
+            cand = [p for p in lab_list if _strip_label_suffix(p.stem) == img.stem]
+        if len(cand) == 1:
+            pairs.append((img, cand[0]))
+            used.add(cand[0])
+        elif not cand:
+            problems.append({
+                "image": str(img), "labels": "",
+                "error": f"{img}: no label image named {img.stem}.* or {img.stem}_labels.*/"
+                f"_masks.*/_instances.* found",
+            })
+        else:
+            problems.append({
+                "image": str(img), "labels": ", ".join(str(c) for c in cand),
+                "error": f"{img}: several label images match ({', '.join(c.name for c in cand)}); "
+                "keep only one",
+            })
+    for lab in lab_list:
+        if lab not in used and not any(str(lab) in p["labels"] for p in problems):
+            problems.append({
+                "image": "", "labels": str(lab),
+                "error": f"{lab}: no image with a matching name; label image ignored",
+            })
+    return pairs, problems
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract_folder` wrote.
+
+    Attributes
+    ----------
+    out_dir, table_path, crops_path, summary_path
+        The run folder and its ``cells.parquet``, ``crops.zarr``, ``extract.json``.
+    n_images
+        Images extracted successfully.
+    n_cells
+        Rows of the cell table (= crops).
+    errors
+        One dict (``image``, ``labels``, ``error``) per skipped image or label file.
+    table
+        The cell table that was written.
+    """
+
+    out_dir: Path
+    table_path: Path
+    crops_path: Path
+    summary_path: Path
+    n_images: int
+    n_cells: int
+    errors: list[dict[str, str]] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+
+
+def _versions() -> dict[str, str]:
+    out = {"mechanoscope": __version__, "python": platform.python_version()}
+    for mod in ("numpy", "scipy", "skimage", "pandas", "zarr", "pydantic"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - all are dependencies
+            out[mod] = "unknown"
+    return out
+
+
+def extract_folder(
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: ExtractConfig | dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ExtractResult:
+    """Extract cells from many images, writing a run folder.
+
+    Parameters
+    ----------
+    images, labels
+        Image and label files (a file, a folder, or a list of files), paired by name
+        (:func:`pair_images_and_labels`).
+    out_dir
+        Run folder; receives ``cells.parquet`` (cell table), ``crops.zarr`` (crop
+        store, rows = table rows) and ``extract.json`` (config, provenance, inputs,
+        errors). Existing files of these names are replaced atomically at the end.
+    config
+        :class:`ExtractConfig` or a dict of its fields.
+    progress
+        ``progress(done, total)`` after each image pair (skipped ones included).
+
+    Returns
+    -------
+    ExtractResult
+
+    Notes
+    -----
+    A pair that fails (unreadable file, shape mismatch, binary mask, missing pixel
+    size, …) is reported with a :class:`MechanoscopeWarning` and in ``errors`` of the
+    result and ``extract.json``, and skipped. If no pair at all can be extracted a
+    :class:`~mechanoscope.errors.MechanoscopeError` listing the problems is raised and
+    nothing in ``out_dir`` is touched. Crops are streamed to the store one image at
+    a time.
+    """
+    cfg = _as_config(config)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MechanoscopeError(f"{out}: output path exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, errors = pair_images_and_labels(images, labels)
+    for prob in errors:
+        warnings.warn(prob["error"], MechanoscopeWarning, stacklevel=2)
+
+    table_path = out / "cells.parquet"
+    crops_path = out / "crops.zarr"
+    summary_path = out / "extract.json"
+    tables: list[pd.DataFrame] = []
+    inputs: list[dict[str, Any]] = []
+    total = len(pairs)
+    with CropStoreWriter(
+        crops_path,
+        crop_size_um=cfg.crop.crop_size_um,
+        crop_pixels=cfg.crop.crop_pixels,
+        channels=cfg.crop.channels,
+        attrs={"anti_aliasing": cfg.crop.anti_aliasing, "mechanoscope_version": __version__},
+    ) as writer:
+        for i, (img_path, lab_path) in enumerate(pairs):
+            try:
+                img = read_image(img_path, axes=cfg.axes, pixel_size_um=cfg.pixel_size_um)
+                lab = read_label_image(lab_path)
+                if (
+                    lab.pixel_size_um is not None
+                    and img.pixel_size_um is not None
+                    and abs(lab.pixel_size_um - img.pixel_size_um) > 0.01 * img.pixel_size_um
+                ):
+                    warnings.warn(
+                        f"{lab_path}: pixel size {lab.pixel_size_um:.4g} µm differs from "
+                        f"{img.pixel_size_um:.4g} µm of {img_path}; using the image's",
+                        MechanoscopeWarning,
+                        stacklevel=2,
+                    )
+                table, crops = extract_cells(img, lab, config=cfg, image_id=img_path.stem)
+            except (MechanoscopeError, OSError) as exc:
+                msg = str(exc)
+                warnings.warn(f"skipped {img_path.name}: {msg}", MechanoscopeWarning, stacklevel=2)
+                errors.append({"image": str(img_path), "labels": str(lab_path), "error": msg})
+            else:
+                writer.append(
+                    crops,
+                    image_id=img_path.stem,
+                    cell_ids=table["cell_id"].to_numpy(),
+                    frames=table["frame"].to_numpy(),
+                    pad_value=float(table["crop_pad_value"].iloc[0]) if len(table) else None,
+                )
+                tables.append(table)
+                inputs.append({
+                    "image": str(img_path),
+                    "labels": str(lab_path),
+                    "image_id": img_path.stem,
+                    "n_cells": int(len(table)),
+                    "n_qc_pass": int(table["qc_pass"].sum()) if len(table) else 0,
+                    "shape": list(img.data.shape),
+                    "axes": img.axes,
+                    "pixel_size_um": img.pixel_size_um,
+                    "pixel_size_source": img.pixel_size_source,
+                })
+                del crops
+            if progress is not None:
+                progress(i + 1, total)
+        if not inputs:
+            writer.abort()  # keep the results of an earlier run in out_dir untouched
+    if not inputs:
+        shown = "; ".join(e["error"] for e in errors[:3]) + (" …" if len(errors) > 3 else "")
+        raise MechanoscopeError(
+            f"no image could be extracted ({len(pairs)} image/label pair(s), {len(errors)} "
+            f"problem(s)); nothing was written to {out}. {shown}"
+        )
+
+    nonempty = [t for t in tables if len(t)]
+    full = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0]
+    write_table(full, table_path)
+    summary = {
+        "config": cfg.model_dump(mode="json"),
+        "provenance": {"versions": _versions(), "function": "mechanoscope.cells.extract_folder"},
+        "inputs": inputs,
+        "errors": errors,
+        "n_images": len(inputs),
+        "n_cells": int(len(full)),
+        "outputs": {"cells": table_path.name, "crops": crops_path.name},
+        "crops": {
+            "crop_size_um": cfg.crop.crop_size_um,
+            "crop_pixels": cfg.crop.crop_pixels,
+            "pixel_size_um_of_crop": cfg.crop.pixel_size_um_of_crop,
+            "channels": cfg.crop.channels,
+            "normalization": "none",
+        },
+    }
+    write_json(summary, summary_path)
+    return ExtractResult(out, table_path, crops_path, summary_path, len(inputs), int(len(full)), errors, full)
+

@@ -1,0 +1,113 @@
+"""``mechanoscope extract``: cell table, quality flags and crops from images + label images."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from click.core import ParameterSource
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mechanoscope.cli._common import console, user_errors
+
+__all__ = ["register", "extract"]
+
+
+def extract(
+    ctx: typer.Context,
+    images: Path = typer.Argument(..., help="Image file or folder of images (TIFF, OME-TIFF, PNG, OME-Zarr)."),
+    labels: Path = typer.Argument(
+        ...,
+        help=(
+            "Label image file or folder (0 = background, one id per cell), paired with the "
+            "images by name: NAME.ext ↔ NAME.* or NAME_labels/_masks/_instances.*"
+        ),
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Run folder to write cells.parquet, crops.zarr and extract.json into."
+    ),
+    crop_size_um: float = typer.Option(64.0, help="Edge length of each square crop in µm."),
+    crop_pixels: int = typer.Option(64, help="Edge length of each crop in pixels (crop pixel = size / pixels)."),
+    pixel_size_um: Optional[float] = typer.Option(
+        None, help="Pixel size in µm for all images (default: from each file's metadata)."
+    ),
+    mask_channel: bool = typer.Option(
+        True, "--mask-channel/--no-mask-channel", help="Add the cell's own mask as crop channel 1."
+    ),
+    relabel: bool = typer.Option(
+        False, "--relabel", help="Give each connected component its own id (for binary masks)."
+    ),
+    axes: Optional[str] = typer.Option(
+        None, help="Axes of the images when the files do not name them, e.g. CYX or TYX (default: from the file)."
+    ),
+    channel: Optional[int] = typer.Option(
+        None, help="Channel (0-based) to crop from multichannel images (required when there is more than one)."
+    ),
+    min_area_um2: float = typer.Option(20.0, help="Cells smaller than this (µm²) are flagged too_small."),
+    max_area_um2: float = typer.Option(20000.0, help="Cells larger than this (µm²) are flagged too_large."),
+    config: Optional[Path] = typer.Option(
+        None, help="JSON/YAML file with extraction settings (or an extract.json); flags given explicitly override it."
+    ),
+) -> None:
+    """Measure every labelled cell, flag bad ones, and cut fixed-physical-size crops.
+
+    Writes OUT/cells.parquet (one row per cell: morphology in µm, intensity, texture,
+    quality flags), OUT/crops.zarr ((N, C, H, W) crops in table row order) and
+    OUT/extract.json (settings, inputs, versions, skipped files). A bad image/label
+    pair is reported and skipped.
+    """
+    from mechanoscope.cells.extract import ExtractConfig, _load_mapping, extract_folder
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    with user_errors():
+        base: dict[str, Any] = _load_mapping(config) if config else {}
+        crop = dict(base.get("crop") or {})
+        quality = dict(base.get("quality") or {})
+        for name, target, key, value in (
+            ("crop_size_um", crop, "crop_size_um", crop_size_um),
+            ("crop_pixels", crop, "crop_pixels", crop_pixels),
+            ("mask_channel", crop, "mask_channel", mask_channel),
+            ("min_area_um2", quality, "min_area_um2", min_area_um2),
+            ("max_area_um2", quality, "max_area_um2", max_area_um2),
+            ("pixel_size_um", base, "pixel_size_um", pixel_size_um),
+            ("relabel", base, "relabel", relabel),
+            ("axes", base, "axes", axes),
+            ("channel", base, "channel", channel),
+        ):
+            if config is None or given(name):
+                target[key] = value
+        base["crop"], base["quality"] = crop, quality
+        cfg = ExtractConfig.build(**base)
+
+        with warnings.catch_warnings(record=True) as caught, Progress(
+            TextColumn("extracting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            warnings.simplefilter("always")
+            task = bar.add_task("extract", total=None)
+            result = extract_folder(
+                images, labels, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n)
+            )
+    for w in caught:
+        if not any(str(w.message).endswith(e["error"]) for e in result.errors):
+            console.print(f"[yellow]warning:[/yellow] {w.message}")
+    for e in result.errors:
+        console.print(f"[yellow]skipped:[/yellow] {e['error']}")
+    n_pass = int(result.table["qc_pass"].sum()) if result.table is not None and len(result.table) else 0
+    console.print(
+        f"extracted {result.n_cells} cells ({n_pass} pass QC) from {result.n_images} images into {out}"
+        + (f"; {len(result.errors)} problem(s), see extract.json" if result.errors else "")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``extract`` verb to the main app."""
+    app.command("extract")(extract)
