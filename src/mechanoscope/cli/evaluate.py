@@ -218,3 +218,117 @@ def segmentation(
         if table_path is not None:
             write_table(segmentation_table(per_image), table_path)
             err_console.print(f"per-image table written to {table_path}")
+
+
+# --- ``mechanoscope evaluate run RUN`` (and the shorthand ``mechanoscope evaluate RUN``) ----
+import os as _os  # noqa: E402
+
+from typer.core import TyperGroup as _TyperGroup  # noqa: E402
+
+
+class _EvaluateGroup(_TyperGroup):
+    """The ``evaluate`` group: a first argument that is a folder, not a command, means ``run``.
+
+    ``mechanoscope evaluate RUN`` is read as ``mechanoscope evaluate run RUN`` when RUN
+    is not a command name and is an existing folder or a path with a separator
+    (``./RUN``); anything else goes to the commands as usual, so a mistyped command
+    still gets click's "No such command" message.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            first = args[0]
+            if Path(first).is_dir() or _os.sep in first or (_os.altsep and _os.altsep in first):
+                args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@evaluate_app.callback(
+    cls=_EvaluateGroup,
+    epilog="A run folder can be given directly: 'mechanoscope evaluate RUN' is 'mechanoscope evaluate run RUN'.",
+)
+def _evaluate_group() -> None:
+    """Score segmentations and predictions against ground truth."""
+
+
+def _print_evaluation(ev: dict[str, Any], run_dir: Path) -> None:
+    from mechanoscope.report.html import NO_TRUTH_SENTENCE, metric_rows
+
+    out = Console()
+    scope = ev["scope"]
+    out.print(
+        f"[bold]{run_dir}[/bold]: {ev['n_cells']} cells"
+        + (f" in {ev['n_images']} images" if ev.get("n_images") is not None else "")
+        + f"; scored {scope['n_cells_in_scope']} ({scope['cells']})"
+    )
+    rows = metric_rows(ev)
+    if rows:
+        table = Table(title="Headline metrics")
+        for col, kw in (("task", {}), ("metric", {}), ("value", {"justify": "right"}), ("unit", {})):
+            table.add_column(col, **kw)
+        last = None
+        for r in rows:
+            if last is not None and r["section"] != last:
+                table.add_section()
+            table.add_row(r["section"] if r["section"] != last else "", r["metric"], r["value"], r["unit"])
+            last = r["section"]
+        out.print(table)
+    cond = ev.get("conditions")
+    if cond:
+        ct = Table(title="Predictions per condition")
+        ct.add_column("condition")
+        ct.add_column("cells", justify="right")
+        has_pa = any("median_pa" in s for s in cond["summaries"].values())
+        if has_pa:
+            ct.add_column("median E (Pa)", justify="right")
+            ct.add_column("IQR (Pa)", justify="right")
+        classes = (ev.get("predictions") or {}).get("classes") or []
+        for c in classes:
+            ct.add_column(f"% {c}", justify="right")
+        for name, s in cond["summaries"].items():
+            cells = [name, str(s["n_cells"])]
+            if has_pa:
+                cells += (
+                    [f"{s['median_pa']:.0f}", f"{s['q25_pa']:.0f}–{s['q75_pa']:.0f}"]
+                    if s.get("median_pa") is not None
+                    else ["–", "–"]
+                )
+            frac = s.get("class_fraction") or {}
+            cells += ["–" if frac.get(c) is None else f"{100 * frac[c]:.0f}" for c in classes]
+            ct.add_row(*cells)
+        out.print(ct)
+        comp = cond.get("comparison")
+        if comp:
+            p = comp.get("p")
+            ptxt = "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3g}")
+            out.print(f"{comp['test']} on predicted E: p {ptxt} (cells treated as independent)")
+    for note in ev.get("notes", []):
+        style = "yellow" if note != NO_TRUTH_SENTENCE else "bold yellow"
+        err_console.print(f"[{style}]note:[/{style}] {note}")
+
+
+@evaluate_app.command("run")
+def run(
+    run_dir: Path = typer.Argument(
+        ..., help="Run folder written by 'mechanoscope predict' (cells.parquet, predict.json, crops.zarr)."
+    ),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Also write RUN/figures/*.png."),
+) -> None:
+    """Score a run folder's predictions against the truth in its cell table.
+
+    Classification (AUC, F1, accuracy, balanced accuracy, calibration) when the table
+    has pred_prob_<class> and label columns; regression (percentage error, log
+    correlation, Bland-Altman, interval coverage) when it has pred_stiffness_pa and
+    stiffness_pa (Pa). With a split column only test cells are scored. Writes
+    RUN/evaluation.json and RUN/figures/*.png.
+    """
+    from mechanoscope.evaluate.stiffness import evaluate_run
+
+    with user_errors():
+        ev = evaluate_run(run_dir, figures=figures)
+    _print_evaluation(ev, run_dir)
+    n_fig = len(ev.get("figures") or {})
+    err_console.print(
+        f"evaluation written to {run_dir / 'evaluation.json'}"
+        + (f"; {n_fig} figure(s) in {run_dir / 'figures'}" if n_fig else "")
+    )

@@ -46,6 +46,12 @@ _evaluate.register(app)
 from mechanoscope.cli import extract as _extract  # noqa: E402
 
 _extract.register(app)
+from mechanoscope.cli import segment as _segment  # noqa: E402
+
+_segment.register(app)
+from mechanoscope.cli import report as _report  # noqa: E402
+
+_report.register(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

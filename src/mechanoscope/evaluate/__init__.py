@@ -25,3 +25,39 @@ __all__ = [
     "segmentation_scores_dataset",
     "segmentation_table",
 ]
+
+from mechanoscope.evaluate.stiffness import (
+    bland_altman_png,
+    class_fraction_png,
+    classification_metrics,
+    compare_conditions,
+    condition_distribution_png,
+    confusion_matrix_png,
+    crop_gallery_png,
+    evaluate_run,
+    predicted_vs_measured_png,
+    regression_metrics,
+    reliability_bins,
+    reliability_png,
+    roc_png,
+    stiffness_gallery_png,
+    summarize_by_condition,
+)
+
+__all__ += [
+    "bland_altman_png",
+    "class_fraction_png",
+    "classification_metrics",
+    "compare_conditions",
+    "condition_distribution_png",
+    "confusion_matrix_png",
+    "crop_gallery_png",
+    "evaluate_run",
+    "predicted_vs_measured_png",
+    "regression_metrics",
+    "reliability_bins",
+    "reliability_png",
+    "roc_png",
+    "stiffness_gallery_png",
+    "summarize_by_condition",
+]

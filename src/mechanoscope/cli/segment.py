@@ -1,0 +1,457 @@
+"""``mechanoscope segment``: label images from images, classical or with a trained network.
+
+Commands::
+
+    mechanoscope segment run IMAGES --method classical|MODEL_FOLDER --out RUN
+    mechanoscope segment IMAGES --method classical|MODEL_FOLDER --out RUN   (same as ``run``)
+    mechanoscope segment train IMAGES MASKS --out MODEL [--epochs N ...]
+
+``segment IMAGES ...`` works because the ``segment`` group forwards any first
+argument that is not a sub-command name (``run``, ``train``) to ``run``; an image
+folder literally named ``run`` or ``train`` needs the explicit ``segment run``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from click.core import ParameterSource
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from typer.core import TyperGroup
+
+from mechanoscope.cli._common import console, user_errors
+
+__all__ = ["register", "segment_app"]
+
+
+class _SegmentGroup(TyperGroup):
+    """A group that treats ``segment IMAGES ...`` as ``segment run IMAGES ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+segment_app = typer.Typer(
+    cls=_SegmentGroup,
+    help=(
+        "Segment cells into label images (classical or learned), or train the segmentation "
+        "network. `mechanoscope segment IMAGES --method ... --out RUN` is short for "
+        "`mechanoscope segment run ...`."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _load_mapping(path: Path, what: str) -> dict[str, Any]:
+    import yaml
+
+    from mechanoscope.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except Exception as exc:
+        raise ConfigError(f"{path}: not valid JSON/YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what}")
+    return dict(data)
+
+
+def _validate(cls: Any, data: dict[str, Any], what: str) -> Any:
+    from pydantic import ValidationError
+
+    from mechanoscope.errors import ConfigError
+
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid {what}: " + "; ".join(parts)) from None
+
+
+def _read_plane(
+    path: Path, *, pixel_size_um: float | None, axes: str | None, channel: int | None, frame: int | None
+) -> tuple[Any, float]:
+    from mechanoscope.io.images import check_image_values, read_image
+
+    img = read_image(path, pixel_size_um=pixel_size_um, axes=axes)
+    index = {}
+    if channel is not None and "C" in img.axes:
+        index["C"] = channel
+    if frame is not None and "T" in img.axes:
+        index["T"] = frame
+    if index:
+        img = img.plane(**index)
+    arr = img.as_2d()
+    check_image_values(arr, str(path))
+    return arr, float(img.pixel_size_um)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- run
+@segment_app.command("run")
+def run(
+    images: Path = typer.Argument(..., help="Image file or folder of images (TIFF, OME-TIFF, PNG, OME-Zarr)."),
+    method: str = typer.Option(
+        "classical", "--method", "-m",
+        help="'classical' (texture + watershed, no training) or the path of a model folder from `segment train`.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: labels/<name>.tif and segment.json are written there."),
+    pixel_size_um: Optional[float] = typer.Option(
+        None, help="Pixel size in µm for all images (default: from each file's metadata)."
+    ),
+    axes: Optional[str] = typer.Option(None, help="Axes of the images when the files do not name them, e.g. CYX or TYX."),
+    channel: Optional[int] = typer.Option(None, help="Channel (0-based) to segment in multichannel images."),
+    frame: Optional[int] = typer.Option(None, help="Frame (0-based) to segment in time-lapse images."),
+    cell_diameter_um: Optional[float] = typer.Option(
+        None, help="Classical method: expected cell diameter in µm (sets its scales)."
+    ),
+    tile_size_px: Optional[int] = typer.Option(None, help="Model: tile edge length in pixels at the model's pixel size."),
+    tile_overlap_px: Optional[int] = typer.Option(
+        None, help="Model: tile overlap in pixels (default: automatic, seamless and equal to untiled inference)."
+    ),
+    min_cell_area_um2: Optional[float] = typer.Option(None, help="Model: remove cells smaller than this (µm²)."),
+    device: Optional[str] = typer.Option(None, help="Model: auto, cpu or cuda."),
+    config: Optional[Path] = typer.Option(
+        None,
+        help=(
+            "JSON/YAML file with settings: a ClassicalSegmentationConfig for --method classical, "
+            "a SegmentationInferenceConfig for a model; flags given explicitly override it."
+        ),
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Redo every image, also when --out holds labels from different settings."
+    ),
+) -> None:
+    """Segment every image into a label image (0 = background, one id per cell).
+
+    Writes OUT/labels/<name>.tif (with the image's pixel size) and OUT/segment.json
+    (method, settings, provenance, per-image status). Re-running skips images whose
+    labels exist; a bad image is reported and skipped.
+    """
+    from mechanoscope.errors import MechanoscopeError, OutputFolderError
+    from mechanoscope.io.atomic import write_json
+    from mechanoscope.io.images import image_paths, write_label_image
+    from mechanoscope.learn.model_folder import provenance, sha256_file
+
+    with user_errors():
+        paths = image_paths(images)
+        stems: dict[str, Path] = {}
+        dupes = []
+        for p in paths:
+            if p.stem in stems:
+                dupes.append(p)
+            else:
+                stems[p.stem] = p
+        base = _load_mapping(config, "segmentation settings") if config else {}
+
+        if method.lower() == "classical":
+            from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
+
+            if cell_diameter_um is not None:
+                base["cell_diameter_um"] = cell_diameter_um
+            cfg: Any = _validate(ClassicalSegmentationConfig, base, "classical segmentation settings")
+            method_info: dict[str, Any] = {"method": "classical"}
+
+            def segment_one(arr: Any, px: float) -> Any:
+                return segment_classical(arr, pixel_size_um=px, config=cfg)
+
+        else:
+            from mechanoscope.segment.network import (
+                SegmentationInferenceConfig,
+                load_segmentation_model,
+                segment_network,
+            )
+
+            model_dir = Path(method)
+            if not model_dir.exists():
+                raise MechanoscopeError(
+                    f"--method {method!r}: not 'classical' and no such model folder; pass "
+                    "--method classical or the folder written by `mechanoscope segment train`"
+                )
+            model = load_segmentation_model(model_dir, device=device)  # type: ignore[arg-type]
+            merged = model.config.inference.model_dump()
+            merged.update(base)
+            for key, value in (
+                ("tile_size_px", tile_size_px),
+                ("tile_overlap_px", tile_overlap_px),
+                ("min_cell_area_um2", min_cell_area_um2),
+                ("device", device),
+            ):
+                if value is not None:
+                    merged[key] = value
+            cfg = _validate(SegmentationInferenceConfig, merged, "inference settings")
+            method_info = {
+                "method": "network",
+                "model": str(model_dir.resolve()),
+                "model_weights_sha256": sha256_file(model_dir / "weights.safetensors"),
+                "model_pixel_size_um": model.pixel_size_um,
+            }
+
+            def segment_one(arr: Any, px: float) -> Any:
+                return segment_network(arr, pixel_size_um=px, model=model, inference=cfg)
+
+        settings = {
+            **method_info,
+            "config": cfg.model_dump(mode="json"),
+            "pixel_size_um": pixel_size_um,
+            "axes": axes,
+            "channel": channel,
+            "frame": frame,
+        }
+        record_path = out / "segment.json"
+        previous: dict[str, Any] = {}
+        if record_path.is_file():
+            import json
+
+            try:
+                previous = json.loads(record_path.read_text())
+            except (OSError, ValueError):
+                previous = {}
+            if previous.get("settings") != settings and not overwrite:
+                raise OutputFolderError(
+                    f"{out}: holds labels from a segmentation with different settings "
+                    f"(method {previous.get('settings', {}).get('method')!r}); use another "
+                    "--out, or pass --overwrite to redo every image with the new settings"
+                )
+        elif (out / "labels").is_dir() and any((out / "labels").iterdir()) and not overwrite:
+            raise OutputFolderError(
+                f"{out}: has a labels/ folder but no segment.json, so it is not a segment run; "
+                "use another --out or pass --overwrite"
+            )
+        results: dict[str, Any] = dict(previous.get("images", {})) if not overwrite else {}
+        record = {
+            "settings": settings,
+            "provenance": provenance(command=sys.argv),
+            "images": results,
+        }
+        problems: list[str] = []
+        for p in dupes:
+            msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
+            problems.append(msg)
+            results[f"{p.name}"] = {"image": str(p), "status": "failed", "error": msg}
+
+        n_done = n_skipped = 0
+        todo = list(stems.items())
+        with warnings.catch_warnings(record=True) as caught, Progress(
+            TextColumn("segmenting {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            warnings.simplefilter("always")
+            task = bar.add_task("", total=len(todo))
+            for stem, path in todo:
+                bar.update(task, description=path.name)
+                target = out / "labels" / f"{stem}.tif"
+                if target.is_file() and not overwrite:
+                    n_skipped += 1
+                    results.setdefault(stem, {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done"})
+                    bar.advance(task)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    arr, px = _read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame)
+                    labels = segment_one(arr, px)
+                    write_label_image(target, labels, pixel_size_um=px)
+                except (MechanoscopeError, OSError) as exc:
+                    msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    problems.append(msg)
+                    results[stem] = {"image": str(path), "status": "failed", "error": msg}
+                else:
+                    n_done += 1
+                    results[stem] = {
+                        "image": str(path),
+                        "labels": f"labels/{stem}.tif",
+                        "status": "done",
+                        "n_cells": int(labels.max()),
+                        "pixel_size_um": px,
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                write_json(record, record_path)
+                bar.advance(task)
+        write_json(record, record_path)
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if text not in seen:
+            seen.add(text)
+            console.print(f"[yellow]warning:[/yellow] {text}")
+    for msg in problems:
+        console.print(f"[yellow]skipped:[/yellow] {msg}")
+    console.print(
+        f"segmented {n_done} image(s) into {out / 'labels'}"
+        + (f", {n_skipped} already done" if n_skipped else "")
+        + (f"; {len(problems)} problem(s), see segment.json" if problems else "")
+    )
+
+
+# --------------------------------------------------------------------------- train
+@segment_app.command("train")
+def train(
+    ctx: typer.Context,
+    images: Path = typer.Argument(..., help="Image file or folder of training images."),
+    masks: Path = typer.Argument(
+        ...,
+        help=(
+            "Label image file or folder (0 = background, one id per cell), paired with the "
+            "images by name: NAME.ext ↔ NAME.* or NAME_labels/_masks/_instances.*"
+        ),
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    epochs: int = typer.Option(100, help="Maximum number of epochs."),
+    batch_size: int = typer.Option(8, help="Patches per optimisation step."),
+    patch_size_px: int = typer.Option(128, help="Training patch edge length in pixels at the model's pixel size."),
+    patches_per_epoch: int = typer.Option(256, help="Random patches per epoch."),
+    learning_rate: float = typer.Option(1e-3, help="AdamW learning rate."),
+    validation_fraction: float = typer.Option(0.2, help="Fraction of the images held out for validation."),
+    patience: int = typer.Option(15, help="Early stopping: epochs without a lower validation loss."),
+    seed: int = typer.Option(0, help="Random seed; same inputs + seed → same model (on CPU)."),
+    channels: str = typer.Option("16,32,64,128,256", help="U-Net feature channels per level, comma-separated."),
+    model_pixel_size_um: Optional[float] = typer.Option(
+        None, help="Pixel size (µm) the model works at (default: median of the training images)."
+    ),
+    pixel_size_um: Optional[float] = typer.Option(
+        None, help="Pixel size in µm of all training images (default: from each file's metadata)."
+    ),
+    axes: Optional[str] = typer.Option(None, help="Axes of the images when the files do not name them."),
+    channel: Optional[int] = typer.Option(None, help="Channel (0-based) of multichannel images to train on."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    config: Optional[Path] = typer.Option(
+        None, help="JSON/YAML file with a SegmentationTrainConfig; flags given explicitly override it."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace an existing model folder at --out."),
+) -> None:
+    """Train the segmentation network (background / interior / boundary U-Net).
+
+    Writes the model folder OUT (config.json, weights.safetensors, normalization.json,
+    metrics.json, provenance.json, MODEL_CARD.md, training_log.csv). Pairs that cannot
+    be read are reported and skipped.
+    """
+    from mechanoscope.cells.extract import pair_images_and_labels
+    from mechanoscope.errors import ConfigError, MechanoscopeError
+    from mechanoscope.io.images import read_label_image
+    from mechanoscope.learn.model_folder import check_output_folder
+    from mechanoscope.segment.network import SegmentationTrainConfig, train_segmentation
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    with user_errors():
+        base = _load_mapping(config, "training settings") if config else {}
+        if "train_config" in base and "schema_version" in base:  # a model's config.json
+            base = dict(base["train_config"])
+        try:
+            ch = tuple(int(c) for c in channels.split(",") if c.strip())
+        except ValueError:
+            raise ConfigError(f"--channels {channels!r}: expected comma-separated integers, e.g. 16,32,64,128") from None
+        for name, key, value in (
+            ("epochs", "epochs", epochs),
+            ("batch_size", "batch_size", batch_size),
+            ("patch_size_px", "patch_size_px", patch_size_px),
+            ("patches_per_epoch", "patches_per_epoch", patches_per_epoch),
+            ("learning_rate", "learning_rate", learning_rate),
+            ("validation_fraction", "validation_fraction", validation_fraction),
+            ("patience", "early_stopping_patience", patience),
+            ("seed", "seed", seed),
+            ("channels", "channels", ch),
+            ("model_pixel_size_um", "pixel_size_um", model_pixel_size_um),
+            ("device", "device", device),
+        ):
+            if config is None or given(name):
+                base[key] = value
+        cfg = _validate(SegmentationTrainConfig, base, "training settings")
+        check_output_folder(out, overwrite=overwrite)
+
+        pairs, problems = pair_images_and_labels(images, masks)
+        msgs = [p["error"] for p in problems]
+        arrays, label_arrays, pxs, used = [], [], [], []
+        for img_path, lab_path in pairs:
+            try:
+                arr, px = _read_plane(img_path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=None)
+                lab = read_label_image(lab_path).as_2d()
+                if lab.shape != arr.shape:
+                    raise MechanoscopeError(
+                        f"{lab_path}: label image shape {lab.shape} differs from image {img_path} "
+                        f"shape {arr.shape}"
+                    )
+            except MechanoscopeError as exc:
+                msgs.append(str(exc))
+                continue
+            arrays.append(arr)
+            label_arrays.append(lab)
+            pxs.append(px)
+            used += [img_path, lab_path]
+        for m in msgs:
+            console.print(f"[yellow]skipped:[/yellow] {m}")
+        if not arrays:
+            raise MechanoscopeError(
+                f"{images}: no usable image/label pairs; check the file names and the messages above"
+            )
+        console.print(
+            f"training on {len(arrays)} image(s) at "
+            f"{cfg.pixel_size_um or float(sorted(pxs)[len(pxs) // 2]):g} µm/px"
+        )
+        with warnings.catch_warnings(record=True) as caught, Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            warnings.simplefilter("always")
+            task = bar.add_task("", total=cfg.epochs)
+
+            def on_epoch(epoch: int, total: int, row: dict[str, Any]) -> None:
+                val = f" val {row['val_loss']:.4f}" if row["val_loss"] != "" else ""
+                bar.update(task, completed=epoch, description=f"loss {row['train_loss']:.4f}{val}")
+
+            path = train_segmentation(
+                arrays,
+                label_arrays,
+                pixel_sizes_um=pxs,
+                config=cfg,
+                out=out,
+                progress=on_epoch,
+                input_paths=used,
+                command=sys.argv,
+                overwrite=overwrite,
+            )
+    for w in caught:
+        console.print(f"[yellow]warning:[/yellow] {w.message}")
+    import json
+
+    metrics = json.loads((path / "metrics.json").read_text())
+    val = metrics.get("validation_scores") or {}
+    extra = ""
+    if val.get("ap_50") is not None:
+        extra = f"; validation AP@0.5 {val['ap_50']:.3f}, Dice {val['dice']:.3f}"
+    console.print(
+        f"wrote model {path} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+        f"{extra})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``segment`` verb (``run``, ``train``) to the main app."""
+    app.add_typer(segment_app, name="segment")

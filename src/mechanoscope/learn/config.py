@@ -1,0 +1,63 @@
+"""Typed configuration of stiffness / phenotype model training."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mechanoscope.config import StrictConfig
+
+__all__ = ["TrainConfig", "AugmentConfig"]
+
+
+class AugmentConfig(StrictConfig):
+    """Microscopy-appropriate augmentation of single-cell crops (applied on the fly)."""
+
+    rotate90_flip: bool = Field(True, description="Random 90° rotations and flips (cells have no preferred orientation).")
+    affine_degrees: float = Field(15.0, ge=0, le=180, description="Maximum extra rotation (degrees).")
+    affine_scale: float = Field(0.08, ge=0, le=0.5, description="Maximum relative zoom (±). Keep small: size carries information.")
+    affine_translate_fraction: float = Field(0.05, ge=0, le=0.3, description="Maximum shift as a fraction of the crop size.")
+    intensity_scale: float = Field(0.15, ge=0, le=1, description="Maximum relative change of the contrast (±).")
+    gamma: float = Field(0.15, ge=0, le=1, description="Maximum change of the contrast gamma (±, on |contrast|).")
+    blur_sigma_px: float = Field(0.7, ge=0, le=5, description="Maximum Gaussian blur σ (crop pixels), applied to half the crops.")
+    noise_std: float = Field(0.05, ge=0, le=1, description="Maximum added Gaussian noise (units of normalised contrast).")
+
+
+class TrainConfig(StrictConfig):
+    """How to train a model on a cell table + crop store."""
+
+    target: str = Field(description="Column to learn: a class column (e.g. 'label') or a value column (e.g. 'stiffness_pa').")
+    task: Literal["auto", "classification", "regression"] = Field("auto", description="auto: numeric columns with many values → regression, else classification.")
+    model_type: Literal["cnn", "features"] = Field("cnn", description="cnn on crops, or gradient boosting on the morphology table (baseline).")
+    architecture: Literal["compact", "resnet", "densenet", "efficientnet"] = Field("compact", description="CNN architecture (MONAI networks are trained from scratch).")
+    width: int = Field(16, ge=4, le=256, description="Base width of the compact CNN.")
+    loss: Literal["mse", "gaussian"] = Field("mse", description="Regression loss: MSE on the (log) target as in the paper, or heteroscedastic Gaussian NLL.")
+    log_target: bool = Field(True, description="Regression on log10 of the target (always for *_pa columns).")
+    channels: list[str] = Field(default_factory=lambda: ["intensity", "mask"], description="Crop channels fed to the network.")
+    epochs: int = Field(40, ge=1, le=10000, description="Maximum epochs.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Crops per batch.")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate (cosine-annealed).")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay.")
+    patience: int = Field(8, ge=1, le=1000, description="Early stopping: epochs without improvement of the validation metric.")
+    group_column: str = Field("image_id", description="Cells sharing a value of this column (image, well, experiment) are never split across train/val/test.")
+    val_fraction: float = Field(0.15, ge=0, lt=0.5, description="Fraction of groups for validation (early stopping).")
+    calibration_fraction: float = Field(0.15, ge=0, lt=0.5, description="Fraction of groups for calibration (temperature scaling, conformal intervals).")
+    test_fraction: float = Field(0.2, ge=0, lt=0.6, description="Fraction of groups held out for the reported test metrics.")
+    balance_classes: bool = Field(True, description="Weight the loss by inverse class frequency.")
+    min_cells_per_class: int = Field(10, ge=1, description="Refuse to train if a class has fewer cells.")
+    qc_only: bool = Field(True, description="Use only cells with qc_pass = True (if the column exists).")
+    ensemble_size: int = Field(1, ge=1, le=20, description="Number of independently initialised networks (deep ensemble).")
+    interval_level: float = Field(0.9, gt=0.5, lt=1.0, description="Nominal coverage of conformal prediction intervals (regression).")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
+    seed: int = Field(0, description="Seed of splits, initialisation, shuffling and augmentation.")
+    num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+    max_train_seconds: float | None = Field(None, gt=0, description="Stop training after this many seconds (keeps the best epoch so far).")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "TrainConfig":
+        if self.val_fraction + self.calibration_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + calibration_fraction + test_fraction must leave at least 10 % of groups for training")
+        if not self.channels:
+            raise ValueError("channels must name at least one crop channel")
+        return self

@@ -1,0 +1,180 @@
+"""Applying a trained model folder to cells: batched, with calibrated uncertainty."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mechanoscope.errors import MechanoscopeError
+
+__all__ = ["StiffnessModel", "load_stiffness_model", "predict_cells"]
+
+
+@dataclass
+class StiffnessModel:
+    """A loaded model folder ready to predict."""
+
+    path: Path
+    config: dict
+    normalization: dict
+    members: list  # torch networks (cnn) or [FeatureModel]
+    split: dict | None = None
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def identity(self) -> dict:
+        """What to write next to predictions so that they say which model made them."""
+        return {
+            "model_path": str(self.path),
+            "task": self.task,
+            "target": self.config["target"],
+            "model_type": self.config["model_type"],
+            "architecture": self.config.get("architecture"),
+            "schema_version": self.config.get("schema_version"),
+            "trained_with_mechanoscope": self.config.get("mechanoscope_version"),
+        }
+
+
+def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
+    """Load a model folder written by :func:`mechanoscope.learn.train.train_model`."""
+    import json
+
+    from mechanoscope.learn.model_folder import load_model_folder
+
+    mf = load_model_folder(folder)
+    cfg = mf.config
+    if "task" not in cfg or cfg.get("task") not in ("classification", "regression") or "target" not in cfg:
+        raise MechanoscopeError(f"{folder}: not a stiffness/phenotype model folder (config.json has no classification/regression task); a segmentation model goes to `mechanoscope segment`")
+    members: list = []
+    if cfg["model_type"] == "features":
+        from mechanoscope.learn.features import FeatureModel
+
+        tcfg = cfg.get("train_config", {})
+        members = [FeatureModel.from_state(mf.state_dict, cfg["task"], cfg["feature_columns"], int(tcfg.get("seed", 0)), len(cfg.get("classes") or []))]
+    else:
+        from mechanoscope.learn.networks import build_network
+
+        for k in range(int(cfg.get("ensemble_size", 1))):
+            prefix = f"member{k}."
+            sd = {name[len(prefix):]: t for name, t in mf.state_dict.items() if name.startswith(prefix)}
+            if not sd:
+                raise MechanoscopeError(f"{folder}: weights of ensemble member {k} are missing from weights.safetensors; the folder is damaged — copy it again or retrain")
+            net = build_network(cfg["architecture"], int(cfg["in_channels"]), int(cfg["n_outputs"]), width=int(cfg.get("width", 24)))
+            try:
+                net.load_state_dict(sd)
+            except RuntimeError as exc:
+                raise MechanoscopeError(f"{folder}: weights do not fit the {cfg['architecture']} network described in config.json ({str(exc).splitlines()[0]}); the folder is damaged or was edited") from exc
+            net.eval()
+            members.append(net)
+    split = None
+    sp = Path(folder) / "split.json"
+    if sp.exists():
+        split = json.loads(sp.read_text())
+    return StiffnessModel(Path(folder), cfg, mf.normalization, members, split)
+
+
+def _check_crops(model: StiffnessModel, crops: np.ndarray, channels: list[str], attrs: dict, where: str) -> None:
+    cfg = model.config
+    want_px = int(cfg["crop_pixels"])
+    if crops.ndim != 4 or crops.shape[-1] != want_px or crops.shape[-2] != want_px:
+        raise MechanoscopeError(
+            f"{where}: crops are {tuple(crops.shape[-2:])} px but the model expects {want_px}×{want_px} px; "
+            f"re-extract with --crop-pixels {want_px} --crop-size-um {cfg['crop_size_um']}"
+        )
+    have_um = attrs.get("crop_size_um")
+    if have_um is not None and not np.isclose(float(have_um), float(cfg["crop_size_um"]), rtol=1e-3):
+        raise MechanoscopeError(
+            f"{where}: crops cover {have_um} µm but the model was trained on {cfg['crop_size_um']} µm crops "
+            f"({cfg['pixel_size_um_of_crop']} µm/px); re-extract with --crop-size-um {cfg['crop_size_um']} --crop-pixels {want_px}"
+        )
+    missing = [c for c in cfg["channels"] if c not in channels]
+    if missing:
+        raise MechanoscopeError(f"{where}: crop channel(s) {missing} needed by the model are missing (store has {channels}); re-extract with --mask-channel")
+
+
+def predict_cells(
+    model: StiffnessModel,
+    table: pd.DataFrame,
+    crops: np.ndarray | None = None,
+    *,
+    channels: list[str] | None = None,
+    attrs: dict | None = None,
+    batch_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+    where: str = "input",
+) -> pd.DataFrame:
+    """Predict every row of ``table`` (crops row-aligned) and return the prediction columns.
+
+    Classification: ``pred_label``, ``pred_prob_<class>`` (temperature-calibrated),
+    ``pred_confidence``. Regression: ``pred_<target>`` (e.g. ``pred_stiffness_pa``),
+    ``pred_lo_pa``/``pred_hi_pa`` (split-conformal interval at the model's level),
+    ``pred_log10_sd`` when an ensemble or Gaussian loss gives a spread.
+    """
+    from mechanoscope.learn.data import normalise_crops
+    from mechanoscope.learn.train import _combine_regression
+    from mechanoscope.learn.uncertainty import softmax_t
+
+    cfg = model.config
+    n = len(table)
+    out = pd.DataFrame(index=table.index)
+    if cfg["model_type"] == "features":
+        raw = model.members[0].raw_outputs(table) if n else None
+    else:
+        if crops is None:
+            raise MechanoscopeError(f"{where}: this CNN model needs the crops (crops.zarr) of the cells")
+        _check_crops(model, crops, channels or [], attrs or {}, where)
+        import torch
+
+        x_parts, outs = [], []
+        done = 0
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                x = normalise_crops(np.asarray(crops[s : s + batch_size], dtype=np.float32), channels, cfg["channels"], float(model.normalization["contrast_scale"]))
+                xt = torch.from_numpy(x)
+                outs.append(np.stack([m(xt).float().numpy() for m in model.members]))
+                done += len(x)
+                if progress:
+                    progress(done, n)
+        raw = np.concatenate(outs, axis=1) if outs else None
+    if cfg["task"] == "classification":
+        classes = cfg["classes"]
+        if n == 0:
+            prob = np.zeros((0, len(classes)))
+        elif cfg["model_type"] == "features":
+            prob = raw[0]
+        else:
+            prob = softmax_t(raw.mean(0), float(cfg.get("temperature", 1.0)))
+        out["pred_label"] = np.array(classes, dtype=object)[prob.argmax(1)] if n else pd.Series(dtype=object)
+        for k, c in enumerate(classes):
+            out[f"pred_prob_{c}"] = prob[:, k]
+        out["pred_confidence"] = prob.max(1) if n else pd.Series(dtype=float)
+        return out
+    target = cfg["target"]
+    mean, std = float(cfg["target_mean"]), float(cfg["target_std"])
+    to_unit = (lambda v: 10 ** (v * std + mean)) if cfg["log_target"] else (lambda v: v * std + mean)
+    if n == 0:
+        mu, sd = np.zeros(0), None
+    elif cfg["model_type"] == "features":
+        mu, sd = raw[0, :, 0], None
+    else:
+        mu, sd = _combine_regression(raw, cfg.get("loss", "mse"))
+    q = float(cfg["conformal_quantile"])
+    width = q * (sd if (sd is not None and cfg.get("conformal_scaled")) else 1.0)
+    pred_col = f"pred_{target}" if not target.startswith("pred_") else target
+    if target.endswith("_pa") and target != "stiffness_pa":
+        pred_col = "pred_stiffness_pa"  # e.g. afm_stiffness_pa → the product's standard column
+    out[pred_col] = to_unit(mu)
+    unit = "pa" if target.endswith("_pa") else "value"
+    out[f"pred_lo_{unit}"] = to_unit(mu - width)
+    out[f"pred_hi_{unit}"] = to_unit(mu + width)
+    if sd is not None:
+        out["pred_log10_sd"] = sd * std
+    return out

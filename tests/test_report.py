@@ -1,0 +1,110 @@
+"""The self-contained HTML report and ``mechanoscope report``."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mechanoscope import __version__
+from mechanoscope.cli.main import app
+from mechanoscope.evaluate import evaluate_run
+from mechanoscope.report import write_report
+from mechanoscope.report.html import NO_TRUTH_SENTENCE, coverage_sentence
+
+runner = CliRunner()
+
+
+def make_run(root, n=30, *, cls=True, reg=True, truth=True, condition=True, seed=1):
+    """A tiny run folder: cell table with predictions, crops.zarr, predict.json."""
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    e = 10 ** rng.uniform(2, 4, n)
+    df = pd.DataFrame({"image_id": [f"img{i % 2}" for i in range(n)], "cell_id": np.arange(n) + 1})
+    if condition:
+        df["condition"] = np.where(np.arange(n) % 2 == 0, "M0", "<b>M1</b>")
+    if truth:
+        df["label"] = np.where(e > 1000, "stiff", "soft")
+        df["stiffness_pa"] = e
+    if cls:
+        p = np.clip((np.log10(e) - 2) / 2 + rng.normal(0, 0.1, n), 0.01, 0.99)
+        df["pred_prob_soft"], df["pred_prob_stiff"] = 1 - p, p
+        df["pred_label"] = np.where(p > 0.5, "stiff", "soft")
+    if reg:
+        pred = e * 10 ** rng.normal(0.1, 0.15, n)
+        df["pred_stiffness_pa"], df["pred_lo_pa"], df["pred_hi_pa"] = pred, pred / 2, pred * 2
+    df.to_parquet(root / "cells.parquet")
+    g = zarr.open_group(str(root / "crops.zarr"), mode="w")
+    g.create_array("crops", shape=(n, 1, 10, 10), dtype="float32")[:] = rng.normal(size=(n, 1, 10, 10))
+    (root / "predict.json").write_text(json.dumps({"model": {"name": "tiny-cnn"}, "interval_level": 0.9}))
+    return root
+
+
+def assert_self_contained(html: str) -> None:
+    assert html.lstrip().startswith("<!DOCTYPE html>")
+    for bad in ('src="http', "src='http", 'href="http', "href='http", "url(http", "<link", "<script", "@import"):
+        assert bad not in html, bad
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("rep") / "run")
+    path = write_report(run)
+    return run, path, path.read_text(encoding="utf-8")
+
+
+def test_report_is_one_self_contained_file(full_report):
+    run, path, html = full_report
+    assert path == run / "report.html"
+    assert_self_contained(html)
+    ev = json.loads((run / "evaluation.json").read_text())
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(ev["figures"]) >= 7
+    for name in ("AUC", "F1", "balanced accuracy", "expected calibration error", "Brier score",
+                 "mean APE", "median APE", "Bland–Altman bias", "limits of agreement",
+                 "interval coverage", "Pearson r"):
+        assert name in html, name
+    assert "tiny-cnn" in html and __version__ in html and "90" in html
+    assert "Mann-Whitney" in html and "Pa" in html
+    assert NO_TRUTH_SENTENCE not in html
+    # cell-table text is escaped, never injected as markup
+    assert "<b>M1</b>" not in html and "&lt;b&gt;M1&lt;/b&gt;" in html
+
+
+def test_report_without_truth_says_so(tmp_path):
+    run = make_run(tmp_path / "r", truth=False, condition=False)
+    html = write_report(run, evaluation=evaluate_run(run, figures=False)).read_text()
+    assert_self_contained(html)
+    assert NO_TRUTH_SENTENCE[1:] in html  # shown with a capital first letter
+    assert "mean APE" not in html and "AUC" not in html
+
+
+def test_report_classification_only(tmp_path):
+    run = make_run(tmp_path / "r", reg=False)
+    out = tmp_path / "elsewhere" / "rep.html"
+    html = write_report(run, out, evaluation=evaluate_run(run, figures=False)).read_text()
+    assert "AUC" in html and "mean APE" not in html and "% predicted stiff" in html
+
+
+def test_coverage_sentence():
+    assert "too narrow" in coverage_sentence(0.5, 200, 0.9)
+    assert "consistent" in coverage_sentence(0.88, 200, 0.9)
+    assert "wider than needed" in coverage_sentence(1.0, 500, 0.8)
+
+
+def test_cli_report(tmp_path):
+    run = make_run(tmp_path / "r", cls=False, condition=False)
+    r = runner.invoke(app, ["report", str(run)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert str(run / "report.html") in r.output
+    html = (run / "report.html").read_text()
+    assert_self_contained(html)
+    assert "data:image/png;base64" in html and "mean APE" in html
+    r = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no such run folder" in r.output
