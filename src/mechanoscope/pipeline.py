@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from mechanoscope import __version__
+from mechanoscope.errors import MechanoscopeError
 from mechanoscope.io import read_image, read_label_image, write_json
 from mechanoscope.simulate import AdherentConfig, simulate_adherent
 
-__all__ = ["run_demo", "summarise_simulation"]
+__all__ = ["run_demo", "summarise_simulation", "predict_run", "attach_simulation_truth"]
 
 
 def summarise_simulation(cells: pd.DataFrame) -> dict:
@@ -38,38 +39,262 @@ def summarise_simulation(cells: pd.DataFrame) -> dict:
     return out
 
 
-def run_demo(out: str | os.PathLike[str], *, seed: int = 0, n_images: int = 8, progress: Callable[[str], None] | None = None) -> dict:
-    """Run the demo chain on simulated data and return its summary.
+def attach_simulation_truth(run_dir: str | os.PathLike[str], sim_dir: str | os.PathLike[str], *, min_iou: float = 0.5) -> pd.DataFrame:
+    """Give segmented cells of a simulated data set their truth, as a lab would have it.
 
-    Writes ``out/data`` (the simulated data set), ``out/fields.png`` (one soft and
-    one stiff field of view with the true outlines) and ``out/summary.json``.
+    Adds ``condition`` (the population of the image, i.e. what the experimenter
+    knows), ``label`` (= condition, the class target), ``stiffness_pa`` and
+    ``truth_cell_id`` of the true cell the segmented one overlaps best (IoU ≥
+    ``min_iou``; NaN otherwise) and ``afm_stiffness_pa`` from the simulated AFM table
+    matched by position (:func:`mechanoscope.mechanics.match_afm_to_cells`). Rewrites
+    ``RUN/cells.parquet`` and returns the table.
     """
+    from mechanoscope.io import read_table, write_table
+    from mechanoscope.mechanics import match_afm_to_cells
+
+    run, sim = Path(run_dir), Path(sim_dir)
+    cells = read_table(run / "cells.parquet")
+    truth = read_table(sim / "cells.parquet")
+    afm = read_table(sim / "afm.parquet")
+    cond = truth.groupby("image_id")["label"].agg(lambda s: s.value_counts().index[0])
+    cells["condition"] = cells["image_id"].map(cond).astype(object)
+    cells["label"] = cells["condition"]
+    cells["stiffness_pa"] = np.nan
+    cells["truth_cell_id"] = -1
+    cells["truth_iou"] = 0.0
+    seg_labels: dict[str, np.ndarray] = {}
+    px = float(truth["pixel_size_um"].iloc[0])
+    for image_id, idx in cells.groupby("image_id").groups.items():
+        seg = read_label_image(run / "labels" / f"{image_id}.tif").data.astype(np.int64)
+        true = read_label_image(sim / "labels" / f"{image_id}.tif").data.astype(np.int64)
+        seg_labels[str(image_id)] = seg
+        ns, nt = seg.max() + 1, true.max() + 1
+        inter = np.bincount((seg * nt + true).ravel(), minlength=ns * nt).reshape(ns, nt)
+        area_s, area_t = inter.sum(1), inter.sum(0)
+        inter[:, 0] = 0
+        best = inter.argmax(1)
+        iou = inter[np.arange(ns), best] / np.maximum(area_s + area_t[best] - inter[np.arange(ns), best], 1)
+        t_img = truth[truth["image_id"] == image_id].set_index("cell_id")["stiffness_pa"]
+        ids = cells.loc[idx, "cell_id"].to_numpy(dtype=np.int64)
+        ok = iou[ids] >= min_iou
+        cells.loc[idx, "truth_cell_id"] = np.where(ok, best[ids], -1)
+        cells.loc[idx, "truth_iou"] = iou[ids]
+        cells.loc[idx, "stiffness_pa"] = np.where(ok, t_img.reindex(best[ids]).to_numpy(), np.nan)
+    cells, _ = match_afm_to_cells(cells, afm, seg_labels, pixel_size_um=px)
+    write_table(cells, run / "cells.parquet")
+    return cells
+
+
+def run_demo(
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_images: int = 48,
+    epochs: int = 25,
+    max_train_seconds: float = 150.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """The whole chain on simulated data, as a lab would run it.
+
+    simulate soft and stiff populations (one per image, like one dish per condition)
+    → segment (classical, label-free) → extract crops + morphology → attach what the
+    lab knows (condition of each image; AFM moduli of a subset of cells) → train a
+    soft/stiff classifier and a Young's-modulus regressor (on the AFM cells only)
+    sharing one split by image → predict all cells → evaluate on held-out images →
+    HTML report. Writes everything under ``out`` and returns a summary.
+    """
+    from mechanoscope.cells.extract import ExtractConfig, extract_folder
+    from mechanoscope.evaluate.stiffness import evaluate_run
+    from mechanoscope.learn.config import TrainConfig
+    from mechanoscope.learn.train import train_model
+    from mechanoscope.report import field_gallery, write_report
+    from mechanoscope.segment.batch import segment_images
+
     say = progress or (lambda msg: None)
     out = Path(out)
     t0 = time.perf_counter()
-    config = AdherentConfig(n_images=n_images)
-    say(f"simulating {n_images} bright-field fields of view of soft and stiff cells")
-    data = simulate_adherent(config, out / "data", seed=seed)
-    cells = pd.read_parquet(data / "cells.parquet")
-    from mechanoscope.report import field_gallery
+    timings: dict[str, float] = {}
 
-    firsts = cells.groupby("label")["image_id"].first()
-    imgs, labs, titles = [], [], []
-    for label, image_id in firsts.items():
-        img = read_image(data / "images" / f"{image_id}.tif")
-        imgs.append(img.data)
-        labs.append(read_label_image(data / "labels" / f"{image_id}.tif").data)
-        med = cells.loc[cells.image_id == image_id, "stiffness_pa"].median()
-        titles.append(f"{label}: {image_id}, median E = {med:.0f} Pa")
-    field_gallery(imgs, titles, config.optics.pixel_size_um, out / "fields.png", labels=labs)
+    def lap(name: str, t: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - t, 2)
+        return now
+
+    t = t0
+    config = AdherentConfig(n_images=n_images)
+    say(f"simulating {n_images} bright-field fields of view (soft and stiff cells, known Young's modulus)")
+    sim = simulate_adherent(config, out / "simulated", seed=seed, overwrite=True)
+    t = lap("simulate", t)
+    run = out / "run"
+    say("segmenting cells (classical label-free pipeline)")
+    _, seg_errors = segment_images(sim / "images", run / "labels", method="classical")
+    t = lap("segment", t)
+    say("extracting single-cell crops (80 µm, 64 px) and morphology")
+    extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 80.0, "crop_pixels": 64}))
+    cells = attach_simulation_truth(run, sim)
+    t = lap("extract", t)
+    models = out / "models"
+    common = dict(epochs=epochs, seed=seed, max_train_seconds=max_train_seconds, num_threads=0)
+    say(f"training the soft/stiff classifier ({int(cells['qc_pass'].sum())} cells pass QC)")
+    cls = train_model(run, TrainConfig.build(target="label", **common), models / "classifier", overwrite=True, command="mechanoscope demo")
+    t = lap("train_classifier", t)
+    n_afm = int(cells["afm_stiffness_pa"].notna().sum())
+    say(f"training the Young's-modulus regressor on the {n_afm} AFM-measured cells")
+    reg = train_model(run, TrainConfig.build(target="afm_stiffness_pa", split_from=str(cls.model_dir), min_cells_per_class=5, **common), models / "regressor", overwrite=True, command="mechanoscope demo")
+    t = lap("train_regressor", t)
+    say("predicting every cell")
+    info = predict_run(run, [cls.model_dir, reg.model_dir], run)
+    t = lap("predict", t)
+    say("evaluating on held-out images and writing the report")
+    evaluation = evaluate_run(run)
+    report = write_report(run)
+    firsts = cells.groupby("condition")["image_id"].first()
+    imgs = [read_image(sim / "images" / f"{i}.tif").data for i in firsts]
+    labs = [read_label_image(run / "labels" / f"{i}.tif").data for i in firsts]
+    field_gallery(imgs, [f"{c}: {i} (segmented outlines)" for c, i in firsts.items()], config.optics.pixel_size_um, out / "fields.png", labels=labs)
+    t = lap("evaluate_report", t)
     summary = {
         "mechanoscope_version": __version__,
         "seed": seed,
         "n_images": n_images,
-        "n_cells": int(len(cells)),
-        "populations": summarise_simulation(cells),
+        "n_cells_segmented": int(len(cells)),
+        "n_cells_afm": n_afm,
+        "populations": summarise_simulation(read_table_safe(sim / "cells.parquet")),
+        "classifier_test": cls.metrics.get("test", {}),
+        "regressor_test": reg.metrics.get("test", {}),
+        "evaluation": {k: evaluation.get(k) for k in ("classification", "regression") if k in evaluation},
+        "segmentation_errors": seg_errors,
+        "timings_s": timings,
         "seconds": round(time.perf_counter() - t0, 2),
-        "outputs": {"data": str(data), "figure": str(out / "fields.png")},
+        "crops_per_second": info.get("crops_per_second"),
+        "outputs": {"report": str(report), "run": str(run), "models": str(models), "figure": str(out / "fields.png")},
     }
     write_json(summary, out / "summary.json")
     return summary
+
+
+def read_table_safe(path: Path) -> pd.DataFrame:
+    from mechanoscope.io import read_table
+
+    return read_table(path)
+
+
+# ----------------------------------------------------------------------------- predict
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and (path / "cells.parquet").exists() and (path / "crops.zarr").exists()
+
+
+def _split_column(table: pd.DataFrame, models: list) -> pd.Series | None:
+    """Which cells a model trained/validated/calibrated on; everything else is ``test``.
+
+    A cell counts as held out only if no model used its group for anything but testing.
+    """
+    rank = {"train": 3, "val": 2, "calibration": 1, "test": 0}
+    best = None
+    for m in models:
+        sp = m.split or {}
+        col = sp.get("group_column")
+        if not col or col not in table.columns:
+            continue
+        where = {g: name for name, gs in sp.get("groups", {}).items() for g in gs}
+        this = table[col].astype(str).map(lambda g: where.get(g, "test"))
+        best = this if best is None else pd.Series(np.where(this.map(rank) > best.map(rank), this, best), index=table.index)
+    return best
+
+
+def predict_run(
+    source: str | os.PathLike[str],
+    models: list,
+    out: str | os.PathLike[str],
+    *,
+    segmentation: str = "classical",
+    pixel_size_um: float | None = None,
+    extract_config: dict | None = None,
+    batch_size: int = 256,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Predict every cell of ``source`` with one or more model folders.
+
+    ``source`` is a run folder (``cells.parquet`` + ``crops.zarr``) or images: then
+    they are segmented (``segmentation``: ``"classical"`` or a segmentation model
+    folder) into ``out/labels`` and extracted into ``out`` with the crop geometry the
+    first CNN model expects. Writes ``out/cells.parquet`` with ``pred_*`` columns (and
+    a ``split`` column that marks cells a model trained on, so evaluation uses only
+    held-out cells) and ``out/predict.json`` with the models' identity.
+    """
+    import shutil
+    import warnings
+
+    from mechanoscope.errors import MechanoscopeWarning
+    from mechanoscope.io import write_table
+    from mechanoscope.learn.data import load_run
+    from mechanoscope.learn.predict import load_stiffness_model, predict_cells
+
+    t0 = time.perf_counter()
+    say = progress or (lambda *a: None)
+    src, out = Path(source), Path(out)
+    loaded = [m if hasattr(m, "members") else load_stiffness_model(m) for m in models]
+    if not loaded:
+        raise MechanoscopeError("no model given; pass at least one --model folder")
+    seg_errors: list = []
+    if _is_run(src):
+        if src.resolve() != out.resolve():
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / "crops.zarr").exists():
+                shutil.rmtree(out / "crops.zarr")
+            shutil.copytree(src / "crops.zarr", out / "crops.zarr")
+            shutil.copy2(src / "cells.parquet", out / "cells.parquet")
+            if (src / "labels").is_dir() and not (out / "labels").exists():
+                shutil.copytree(src / "labels", out / "labels")
+    else:
+        from mechanoscope.cells.extract import ExtractConfig, extract_folder
+        from mechanoscope.segment.batch import segment_images
+
+        label_paths, seg_errors = segment_images(src, out / "labels", method=segmentation, pixel_size_um=pixel_size_um, progress=lambda i, n: say("segmenting", i, n))
+        cnn = next((m for m in loaded if m.config["model_type"] == "cnn"), None)
+        ecfg = dict(extract_config or {})
+        if cnn is not None:
+            crop = dict(ecfg.get("crop", {}))
+            crop.update(crop_size_um=cnn.config["crop_size_um"], crop_pixels=cnn.config["crop_pixels"], mask_channel="mask" in cnn.config["channels"])
+            ecfg["crop"] = crop
+        if pixel_size_um is not None:
+            ecfg["pixel_size_um"] = pixel_size_um
+        if not label_paths:
+            raise MechanoscopeError(f"{src}: no image could be segmented: {seg_errors}")
+        extract_folder(src, out / "labels", out, ExtractConfig.build(**ecfg), progress=lambda i, n: say("extracting", i, n))
+    data = load_run(out)
+    table = data.table
+    n = len(table)
+    t_pred = time.perf_counter()
+    for m in loaded:
+        pred = predict_cells(m, table, data.crops if n else None, channels=data.channels, attrs=data.attrs, batch_size=batch_size, progress=lambda i, k: say(f"predicting {m.config['target']}", i, k))
+        table = table.drop(columns=[c for c in pred.columns if c in table.columns]).join(pred)
+    pred_seconds = time.perf_counter() - t_pred
+    split = _split_column(table, loaded)
+    if split is not None:
+        table["split"] = split.to_numpy()
+    if n == 0:
+        warnings.warn(f"{src}: no cell was found; wrote an empty cell table", MechanoscopeWarning, stacklevel=2)
+    write_table(table, out / "cells.parquet")
+    cls = next((m for m in loaded if m.task == "classification"), None)
+    reg = next((m for m in loaded if m.task == "regression"), None)
+    info = {
+        "mechanoscope_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": str(src),
+        "models": [m.identity for m in loaded],
+        "model_path": ", ".join(str(m.path) for m in loaded),
+        "classes": cls.config["classes"] if cls else None,
+        "target": ", ".join(m.config["target"] for m in loaded),
+        "interval_level": reg.config["interval_level"] if reg else None,
+        "interval_method": "split-conformal on held-out calibration images" if reg else None,
+        "n_cells": int(n),
+        "n_images": int(table["image_id"].nunique()) if n else 0,
+        "segmentation": None if _is_run(src) else segmentation,
+        "segmentation_errors": seg_errors,
+        "prediction_seconds": round(pred_seconds, 3),
+        "crops_per_second": round(n / pred_seconds, 1) if pred_seconds > 0 and n else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(info, out / "predict.json")
+    return info

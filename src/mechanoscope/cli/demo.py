@@ -12,16 +12,20 @@ from mechanoscope.cli._common import console, user_errors
 def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, help="Random seed."),
-    n_images: int = typer.Option(8, help="Simulated fields of view."),
+    n_images: int = typer.Option(48, help="Simulated fields of view."),
+    epochs: int = typer.Option(25, help="Maximum training epochs per model."),
+    max_train_seconds: float = typer.Option(150.0, help="Time limit of each training (s)."),
 ) -> None:
     """Run the demo on simulated soft and stiff cells and say where the results are."""
     from mechanoscope.pipeline import run_demo
 
     with user_errors():
-        summary = run_demo(out, seed=seed, n_images=n_images, progress=lambda m: console.print(f"[cyan]•[/cyan] {m}"))
-    for label, s in summary["populations"].items():
-        console.print(f"  {label:>6}: {s['n_cells']} cells, median E {s['stiffness_pa_median']:.0f} Pa, median spread area {s['spread_area_um2_median']:.0f} µm²")
-    console.print(f"done in {summary['seconds']} s — results in {out.resolve()} (summary.json, fields.png)")
+        summary = run_demo(out, seed=seed, n_images=n_images, epochs=epochs, max_train_seconds=max_train_seconds, progress=lambda m: console.print(f"[cyan]•[/cyan] {m}"))
+    ct = summary.get("classifier_test", {})
+    rt = summary.get("regressor_test", {})
+    console.print(f"  classifier on held-out images: AUC {ct.get('auc', float('nan')):.3f}, F1 {ct.get('f1', float('nan')):.3f}, accuracy {ct.get('accuracy', float('nan')):.3f}")
+    console.print(f"  regressor on held-out AFM cells: mean APE {rt.get('ape_mean_pct', float('nan')):.0f} %, median APE {rt.get('ape_median_pct', float('nan')):.0f} %, interval coverage {(rt.get('interval') or {}).get('coverage', float('nan')):.2f}")
+    console.print(f"done in {summary['seconds']:.0f} s; report: {summary['outputs']['report']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -52,6 +52,12 @@ _segment.register(app)
 from mechanoscope.cli import report as _report  # noqa: E402
 
 _report.register(app)
+from mechanoscope.cli import train as _train  # noqa: E402
+
+_train.register(app)
+from mechanoscope.cli import predict as _predict  # noqa: E402
+
+_predict.register(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -50,6 +50,7 @@ class TrainConfig(StrictConfig):
     ensemble_size: int = Field(1, ge=1, le=20, description="Number of independently initialised networks (deep ensemble).")
     interval_level: float = Field(0.9, gt=0.5, lt=1.0, description="Nominal coverage of conformal prediction intervals (regression).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
+    split_from: str | None = Field(None, description="Model folder (or its split.json) whose train/val/calibration/test assignment of groups to reuse, so that several models of one data set share the held-out images; groups it does not list are split afresh.")
     seed: int = Field(0, description="Seed of splits, initialisation, shuffling and augmentation.")
     num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
     max_train_seconds: float | None = Field(None, gt=0, description="Stop training after this many seconds (keeps the best epoch so far).")

@@ -237,6 +237,17 @@ def _model_card(cfg: dict, metrics: dict, n_split: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reuse_split(source: str, groups: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Take the split of every group listed in ``source`` (model folder or split.json)."""
+    p = Path(source)
+    p = p / "split.json" if p.is_dir() else p
+    if not p.exists():
+        raise MechanoscopeError(f"{source}: no split.json to reuse; pass a model folder trained by mechanoscope")
+    listed = json.loads(p.read_text()).get("groups", {})
+    where = {g: name for name, gs in listed.items() for g in gs}
+    return np.array([where.get(g, f) for g, f in zip(groups, fresh)], dtype=object)
+
+
 def train_model(
     run_dir: str | os.PathLike[str] | TrainingData,
     config: TrainConfig,
@@ -281,6 +292,8 @@ def train_model(
     sub = table.iloc[idx]
     strat = sub[config.target].astype(str).to_numpy() if task == "classification" else None
     split_sub = group_split(sub[config.group_column].to_numpy(), val_fraction=config.val_fraction, calibration_fraction=config.calibration_fraction, test_fraction=config.test_fraction, seed=config.seed, stratify=strat)
+    if config.split_from:
+        split_sub = _reuse_split(config.split_from, sub[config.group_column].astype(str).to_numpy(), split_sub)
     split = pd.Series("unused", index=table.index, dtype=object)
     split.iloc[idx] = split_sub
     masks = {name: idx[split_sub == name] for name in ("train", "val", "calibration", "test")}

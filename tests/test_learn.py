@@ -1,0 +1,236 @@
+"""Stiffness/phenotype learning: training, splits, uncertainty, model folders, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechanoscope.cells.store import write_crop_store
+from mechanoscope.errors import MechanoscopeError
+from mechanoscope.learn.config import TrainConfig
+from mechanoscope.learn.data import group_split, load_run
+from mechanoscope.learn.model_folder import ModelFolderError, ModelSchemaError
+from mechanoscope.learn.predict import load_stiffness_model, predict_cells
+from mechanoscope.learn.train import train_model
+from mechanoscope.learn.uncertainty import conformal_interval, conformal_quantile, expected_calibration_error, fit_temperature
+
+PX = 32
+
+
+def _toy_run(folder: Path, n_images: int = 16, per_image: int = 14, seed: int = 0, crop_px: int = PX) -> Path:
+    """Crops of one disk each: 'stiff' cells are large flat disks, 'soft' small bright domes.
+
+    Each image holds one class (like one dish per condition); the modulus grows with
+    the disk radius, so both a classifier and a regressor have something to learn.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:crop_px, :crop_px] - (crop_px - 1) / 2
+    rows, crops = [], []
+    for i in range(n_images):
+        cls = ["soft", "stiff"][i % 2]
+        for j in range(per_image):
+            r = rng.uniform(4, 7) if cls == "soft" else rng.uniform(9, 12)
+            r *= crop_px / 32
+            d = np.hypot(yy + rng.normal(0, 1), xx + rng.normal(0, 1)) / r
+            mask = (d < 1).astype(np.float32)
+            height = np.clip(1 - d**2, 0, None) * (2.0 if cls == "soft" else 0.7)
+            inten = 1000 * (1 + 0.3 * height + rng.normal(0, 0.02, d.shape))
+            crops.append(np.stack([inten, mask]).astype(np.float32))
+            e = 10 ** (1.5 + 0.15 * r + rng.normal(0, 0.05))
+            rows.append({"image_id": f"img_{i:02d}", "cell_id": j + 1, "label": cls, "stiffness_pa": e, "area_um2": float(mask.sum()), "solidity": 1.0, "qc_pass": True})
+    table = pd.DataFrame(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(folder / "cells.parquet", index=False)
+    write_crop_store(folder / "crops.zarr", np.stack(crops), image_ids=table.image_id.to_numpy(), cell_ids=table.cell_id.to_numpy(), crop_size_um=float(crop_px), crop_pixels=crop_px, channels=["intensity", "mask"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return _toy_run(tmp_path_factory.mktemp("toy") / "run")
+
+
+def _cfg(**kw):
+    base = dict(target="label", epochs=2, batch_size=32, width=8, num_threads=1, seed=0, min_cells_per_class=5)
+    base.update(kw)
+    return TrainConfig.build(**base)
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(toy_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "cls"
+    return train_model(toy_run, _cfg(epochs=4, learning_rate=5e-3), out)
+
+
+def test_two_epoch_training_learns_a_separable_toy(trained_classifier):
+    test = trained_classifier.metrics["test"]
+    assert test["n"] > 20
+    assert test["auc"] > 0.8 and test["accuracy"] > 0.7  # chance: 0.5
+
+
+def test_splits_never_share_a_group(trained_classifier, toy_run):
+    table = pd.read_parquet(toy_run / "cells.parquet")
+    per_group = trained_classifier.split.groupby(table["image_id"]).nunique()
+    assert (per_group == 1).all()
+    assert set(trained_classifier.split) == {"train", "val", "calibration", "test"}
+    split = json.loads((trained_classifier.model_dir / "split.json").read_text())
+    groups = [set(v) for v in split["groups"].values()]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)) == table.image_id.nunique()
+
+
+def test_group_split_is_stratified_and_seeded():
+    groups = np.repeat([f"g{i}" for i in range(20)], 5)
+    y = np.repeat(["a", "b"] * 10, 5)
+    s1 = group_split(groups, val_fraction=0.2, calibration_fraction=0.0, test_fraction=0.2, seed=3, stratify=y)
+    s2 = group_split(groups, val_fraction=0.2, calibration_fraction=0.0, test_fraction=0.2, seed=3, stratify=y)
+    np.testing.assert_array_equal(s1, s2)
+    for name in ("train", "val", "test"):
+        assert set(y[s1 == name]) == {"a", "b"}
+    with pytest.raises(MechanoscopeError, match="too few"):
+        group_split(np.array(["a", "b"]), val_fraction=0.3, calibration_fraction=0.3, test_fraction=0.3, seed=0)
+
+
+def test_save_load_gives_identical_predictions_and_matches_metrics(trained_classifier, toy_run):
+    data = load_run(toy_run)
+    a = predict_cells(load_stiffness_model(trained_classifier.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    b = predict_cells(load_stiffness_model(trained_classifier.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs, batch_size=7)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    assert np.allclose(a["pred_prob_soft"] + a["pred_prob_stiff"], 1)
+    from sklearn.metrics import roc_auc_score
+
+    test = (trained_classifier.split == "test").to_numpy()
+    auc = roc_auc_score(data.table.label[test] == "stiff", a.pred_prob_stiff[test])
+    assert auc == pytest.approx(trained_classifier.metrics["test"]["auc"], abs=1e-6)
+    files = {p.name for p in trained_classifier.model_dir.iterdir()}
+    assert {"config.json", "weights.safetensors", "normalization.json", "metrics.json", "provenance.json", "MODEL_CARD.md", "training_log.csv", "split.json"} <= files
+
+
+def test_same_seed_same_model(toy_run, tmp_path):
+    from safetensors.torch import load_file
+
+    a = train_model(toy_run, _cfg(epochs=1), tmp_path / "a")
+    b = train_model(toy_run, _cfg(epochs=1), tmp_path / "b")
+    c = train_model(toy_run, _cfg(epochs=1, seed=1), tmp_path / "c")
+    wa, wb, wc = (load_file(str(m.model_dir / "weights.safetensors")) for m in (a, b, c))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert any(not np.array_equal(wa[k].numpy(), wc[k].numpy()) for k in wa)
+
+
+def test_regression_ensemble_with_conformal_intervals(toy_run, tmp_path):
+    res = train_model(toy_run, _cfg(target="stiffness_pa", epochs=2, ensemble_size=2, loss="gaussian"), tmp_path / "reg")
+    cfg = json.loads((res.model_dir / "config.json").read_text())
+    assert cfg["task"] == "regression" and cfg["target_unit"] == "Pa" and cfg["log_target"]
+    assert cfg["conformal_scaled"] is True
+    data = load_run(toy_run)
+    pred = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    assert {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd"} <= set(pred.columns)
+    assert (pred.pred_lo_pa < pred.pred_stiffness_pa).all() and (pred.pred_stiffness_pa < pred.pred_hi_pa).all()
+    assert "interval" in res.metrics["test"]
+
+
+def test_features_baseline_round_trip(toy_run, tmp_path):
+    res = train_model(toy_run, _cfg(model_type="features"), tmp_path / "feat")
+    assert res.metrics["test"]["auc"] > 0.9  # disk area separates the toy classes
+    data = load_run(toy_run, with_crops=False)
+    p1 = predict_cells(load_stiffness_model(res.model_dir), data.table)
+    p2 = predict_cells(load_stiffness_model(res.model_dir), data.table)
+    pd.testing.assert_frame_equal(p1, p2)
+
+
+def test_empty_table_predicts_nothing(trained_classifier):
+    m = load_stiffness_model(trained_classifier.model_dir)
+    out = predict_cells(m, pd.DataFrame(columns=["image_id", "cell_id"]), np.zeros((0, 2, PX, PX), np.float32), channels=["intensity", "mask"], attrs={"crop_size_um": PX})
+    assert len(out) == 0 and "pred_label" in out.columns
+
+
+# ----------------------------------------------------------------------- bad input
+def _edit_table(run: Path, tmp: Path, fn) -> Path:
+    import shutil
+
+    new = tmp / "edited"
+    shutil.copytree(run, new)
+    t = pd.read_parquet(new / "cells.parquet")
+    fn(t).to_parquet(new / "cells.parquet", index=False)
+    return new
+
+
+@pytest.mark.parametrize(
+    "target,edit,match",
+    [
+        ("nonexistent", lambda t: t, "not in the cell table"),
+        ("label", lambda t: t.assign(label="soft"), "constant"),
+        ("label", lambda t: t.assign(label=np.where(t.index < 3, "rare", t.label)), "too few cells"),
+        ("stiffness_pa", lambda t: t.assign(stiffness_pa=np.where(t.index < 4, -10.0, t.stiffness_pa)), "non-positive"),
+        ("stiffness_pa", lambda t: t.assign(stiffness_pa=np.nan), "no values"),
+    ],
+)
+def test_bad_targets_give_clear_errors(toy_run, tmp_path, target, edit, match):
+    run = _edit_table(toy_run, tmp_path, edit)
+    with pytest.raises(MechanoscopeError, match=match):
+        train_model(run, _cfg(target=target), tmp_path / "m")
+
+
+def test_nan_stiffness_rows_are_skipped_not_fatal(toy_run, tmp_path):
+    run = _edit_table(toy_run, tmp_path, lambda t: t.assign(stiffness_pa=np.where(t.index % 3 == 0, np.nan, t.stiffness_pa)))
+    res = train_model(run, _cfg(target="stiffness_pa", model_type="features"), tmp_path / "m")
+    assert sum(res.metrics["n_cells"].values()) == int((np.arange(224) % 3 != 0).sum())
+
+
+def test_crops_of_another_size_are_refused(trained_classifier, tmp_path):
+    other = _toy_run(tmp_path / "big", n_images=2, per_image=3, crop_px=48)
+    data = load_run(other)
+    with pytest.raises(MechanoscopeError, match="expects 32×32 px"):
+        predict_cells(load_stiffness_model(trained_classifier.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+
+
+def test_model_from_another_version_or_incomplete_is_refused(trained_classifier, tmp_path):
+    import shutil
+
+    bad = tmp_path / "old"
+    shutil.copytree(trained_classifier.model_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["schema_version"] = 999
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelSchemaError, match="999"):
+        load_stiffness_model(bad)
+    (bad / "normalization.json").unlink()
+    with pytest.raises(ModelFolderError, match="normalization.json"):
+        load_stiffness_model(bad)
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(MechanoscopeError, match="unknown parameter"):
+        TrainConfig.build(target="label", epoch=3)
+
+
+# ----------------------------------------------------------------------- uncertainty
+def test_conformal_intervals_cover_at_the_nominal_level():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 30000)
+    sigma = 0.1 + 0.4 * x  # heteroscedastic
+    y = 2 * x + sigma * rng.standard_normal(x.size)
+    cal, test = slice(0, 2000), slice(2000, None)
+    for scale in (None, sigma):
+        s = None if scale is None else scale[cal]
+        q = conformal_quantile(np.abs(y[cal] - 2 * x[cal]) / (1 if s is None else s), 0.9)
+        lo, hi = conformal_interval(2 * x[test], q, None if scale is None else scale[test])
+        cover = np.mean((lo <= y[test]) & (y[test] <= hi))
+        assert 0.88 < cover < 0.92
+    with pytest.raises(MechanoscopeError, match="too few"):
+        conformal_quantile(np.ones(5), 0.9)
+
+
+def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
+    rng = np.random.default_rng(1)
+    n = 20000
+    true_logits = rng.normal(0, 2, (n, 2))
+    p = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    y = (rng.uniform(size=n) < p[:, 1]).astype(int)
+    overconfident = true_logits * 3.0
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+    from scipy.special import softmax
+
+    assert expected_calibration_error(softmax(overconfident / t, 1), y) < expected_calibration_error(softmax(overconfident, 1), y)
