@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-images", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--ensemble", type=int, default=2, help="deep-ensemble size of the CNN classifier")
+    ap.add_argument("--no-tta", action="store_true", help="disable test-time augmentation")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     n_images = 16 if args.quick else args.n_images
@@ -76,9 +78,11 @@ def main() -> None:
     t = time.perf_counter()
     run_c = make_run(root / "cls", AdherentConfig(n_images=n_images, afm_fraction=0.0), args.seed)
     out["classification_data_seconds"] = round(time.perf_counter() - t, 1)
-    common = dict(seed=args.seed, epochs=epochs, patience=10, num_threads=0, min_cells_per_class=5)
+    common = dict(seed=args.seed, epochs=epochs, num_threads=0, min_cells_per_class=5, tta=not args.no_tta)
+    out["tta"] = not args.no_tta
+    out["classifier_ensemble_size"] = args.ensemble
     t = time.perf_counter()
-    cnn = train_model(run_c, TrainConfig.build(target="label", **common), root / "m_cls", overwrite=True)
+    cnn = train_model(run_c, TrainConfig.build(target="label", ensemble_size=args.ensemble, **common), root / "m_cls", overwrite=True)
     train_cnn_s = time.perf_counter() - t
     feat = train_model(run_c, TrainConfig.build(target="label", model_type="features", **common), root / "m_cls_feat", overwrite=True)
     keys = ["auc", "f1", "accuracy", "balanced_accuracy", "ece", "ece_uncalibrated", "n"]

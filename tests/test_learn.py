@@ -234,3 +234,18 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
     from scipy.special import softmax
 
     assert expected_calibration_error(softmax(overconfident / t, 1), y) < expected_calibration_error(softmax(overconfident, 1), y)
+
+
+def test_test_time_augmentation_makes_predictions_rotation_invariant(toy_run, tmp_path):
+    res = train_model(toy_run, _cfg(epochs=1, tta=True), tmp_path / "tta")
+    data = load_run(toy_run)
+    model = load_stiffness_model(res.model_dir)
+    a = predict_cells(model, data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    rotated = np.ascontiguousarray(np.rot90(data.crops, 1, axes=(2, 3)))
+    b = predict_cells(model, data.table, rotated, channels=data.channels, attrs=data.attrs)
+    tta_diff = np.abs(a.pred_prob_stiff - b.pred_prob_stiff).max()
+    assert tta_diff < 1e-6
+    plain = load_stiffness_model(train_model(toy_run, _cfg(epochs=1), tmp_path / "plain").model_dir)
+    c = predict_cells(plain, data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    d = predict_cells(plain, data.table, rotated, channels=data.channels, attrs=data.attrs)
+    assert np.abs(c.pred_prob_stiff - d.pred_prob_stiff).max() > 10 * max(tta_diff, 1e-6)  # without TTA it is not

@@ -26,6 +26,7 @@ def train(
     batch_size: int = typer.Option(64, help="Crops per batch."),
     learning_rate: float = typer.Option(2e-3, help="Learning rate."),
     ensemble: int = typer.Option(1, help="Deep-ensemble size K."),
+    tta: bool = typer.Option(False, help="Test-time augmentation (average over 8 rotations/flips)."),
     interval_level: float = typer.Option(0.9, help="Coverage of conformal prediction intervals."),
     group_column: str = typer.Option("image_id", help="Cells sharing this value are never split across train/val/test."),
     split_from: Optional[Path] = typer.Option(None, help="Reuse the image split of this model folder."),
@@ -41,7 +42,7 @@ def train(
     with user_errors():
         base = TrainConfig.from_file(config).model_dump() if config else {}
         base.update(target=target, task=task, model_type=model_type, architecture=architecture, loss=loss, epochs=epochs, batch_size=batch_size,
-                    learning_rate=learning_rate, ensemble_size=ensemble, interval_level=interval_level, group_column=group_column,
+                    learning_rate=learning_rate, ensemble_size=ensemble, tta=tta, interval_level=interval_level, group_column=group_column,
                     split_from=str(split_from) if split_from else None, max_train_seconds=max_train_seconds, seed=seed)
         cfg = TrainConfig.build(**base)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:

@@ -119,7 +119,7 @@ def predict_cells(
     ``pred_log10_sd`` when an ensemble or Gaussian loss gives a spread.
     """
     from mechanoscope.learn.data import normalise_crops
-    from mechanoscope.learn.train import _combine_regression
+    from mechanoscope.learn.train import _combine_regression, forward_tta
     from mechanoscope.learn.uncertainty import softmax_t
 
     cfg = model.config
@@ -139,7 +139,7 @@ def predict_cells(
             for s in range(0, n, batch_size):
                 x = normalise_crops(np.asarray(crops[s : s + batch_size], dtype=np.float32), channels, cfg["channels"], float(model.normalization["contrast_scale"]))
                 xt = torch.from_numpy(x)
-                outs.append(np.stack([m(xt).float().numpy() for m in model.members]))
+                outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().numpy() for m in model.members]))
                 done += len(x)
                 if progress:
                     progress(done, n)
