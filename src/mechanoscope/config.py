@@ -7,7 +7,6 @@ every output so that a result says how it was made.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mechanoscope.errors import ConfigError
 
-__all__ = ["StrictConfig", "load_config", "validation_message"]
+__all__ = ["StrictConfig", "load_config", "read_config_mapping", "validation_message"]
 
 T = TypeVar("T", bound="StrictConfig")
 
@@ -55,21 +54,28 @@ def validation_message(cls: type[BaseModel], exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def read_config_mapping(path: str | os.PathLike[str], what: str = "parameters") -> dict[str, Any]:
+    """Read a JSON or YAML file holding a mapping of settings, with clear errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text())  # YAML is a superset of JSON
+    except Exception as exc:
+        raise ConfigError(f"{p}: not valid JSON/YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what}")
+    return dict(data)
+
+
 def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
     """Load a configuration of type ``cls`` from JSON or YAML, with clear errors."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: no such configuration file")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a configuration file must hold a mapping of parameters")
+    data = read_config_mapping(path)
     try:
         return cls(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{p}: " + validation_message(cls, exc)) from None
+        raise ConfigError(f"{path}: " + validation_message(cls, exc)) from None

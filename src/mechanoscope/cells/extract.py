@@ -116,17 +116,9 @@ def _explain(exc: ValidationError) -> str:
 
 
 def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
-    import yaml
+    from mechanoscope.config import read_config_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except Exception as exc:
-        raise ConfigError(f"{p}: not valid JSON/YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of extraction settings")
+    data = read_config_mapping(path, "extraction settings")
     if "config" in data and "provenance" in data:  # an extract.json
         data = data["config"]
     return dict(data)

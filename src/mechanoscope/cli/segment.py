@@ -58,19 +58,9 @@ segment_app = typer.Typer(
 
 
 def _load_mapping(path: Path, what: str) -> dict[str, Any]:
-    import yaml
+    from mechanoscope.config import read_config_mapping
 
-    from mechanoscope.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except Exception as exc:
-        raise ConfigError(f"{path}: not valid JSON/YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of {what}")
-    return dict(data)
+    return read_config_mapping(path, what)
 
 
 def _validate(cls: Any, data: dict[str, Any], what: str) -> Any:
