@@ -80,6 +80,9 @@ def attach_simulation_truth(run_dir: str | os.PathLike[str], sim_dir: str | os.P
         cells.loc[idx, "truth_cell_id"] = np.where(ok, best[ids], -1)
         cells.loc[idx, "truth_iou"] = iou[ids]
         cells.loc[idx, "stiffness_pa"] = np.where(ok, t_img.reindex(best[ids]).to_numpy(), np.nan)
+    for path in sorted((run / "labels").glob("*.tif")):  # images where no cell was found
+        seg_labels.setdefault(path.stem, read_label_image(path).data)
+    afm = afm[afm["image_id"].astype(str).isin(seg_labels)]
     cells, _ = match_afm_to_cells(cells, afm, seg_labels, pixel_size_um=px)
     write_table(cells, run / "cells.parquet")
     return cells

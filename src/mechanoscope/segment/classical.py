@@ -19,13 +19,12 @@ Pipeline
 4. Morphology in µm: closing, hole filling, opening, erosion by
    ``boundary_shrink_um`` (the texture window and the halo spread the raw mask beyond
    the cell edge), removal of small objects.
-5. Split touching cells with a marker-controlled watershed. Markers are maxima of the
-   smoothed distance transform at least ``min_separation_um`` apart and with a dynamic
-   of at least ``h_maxima_um`` (h-maxima). With ``split_method="ridges"`` (default) the
-   distance transform is taken of the mask cut along bright *and* dark lines (cell
-   borders, junction halos; Hessian line detector), and the watershed follows those
-   lines, which splits confluent clusters that show no concave neck. With
-   ``"distance"`` the plain mask's distance transform is flooded.
+5. Split touching cells with a marker-controlled watershed of the (smoothed)
+   distance transform. Seeds are its maxima at least ``min_separation_um`` apart with
+   a dynamic of at least ``h_maxima_um`` (h-maxima); every object keeps one seed.
+   With ``split_method="ridges"`` (default) the distance transform is first lowered
+   where bright *or* dark border lines (cell borders, junction halos; Hessian line
+   detector) are dense, which separates confluent cells that show no concave neck.
 6. Objects smaller than ``min_cell_area_um2`` are removed; ids are made consecutive
    in raster order.
 
@@ -38,6 +37,7 @@ border line is visible. On debris-rich real images raise ``threshold_factor``
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -45,7 +45,7 @@ from pydantic import ConfigDict, Field, model_validator
 from scipy import ndimage as ndi
 
 from mechanoscope.config import StrictConfig
-from mechanoscope.errors import AxesError, ConfigError
+from mechanoscope.errors import AxesError, ConfigError, MechanoscopeWarning
 from mechanoscope.io.images import check_image_values
 
 __all__ = ["ClassicalSegmentationConfig", "segment_classical", "foreground_map"]
@@ -135,12 +135,25 @@ class ClassicalSegmentationConfig(StrictConfig):
             "shrinks them and drops textured debris (2-2.5 on debris-rich images)."
         ),
     )
+    min_foreground_separation: float = Field(
+        3.0,
+        ge=0,
+        description=(
+            "Separation of the two classes of the foreground map split by the "
+            "automatic threshold, (mean above − mean below) / pooled standard "
+            "deviation. Below it the image is taken to hold no cells and an empty "
+            "label image is returned with a warning (flat noise or uneven "
+            "illumination alone give about 2.6; images with cells 3.5 and more). "
+            "0 disables the check."
+        ),
+    )
     closing_radius_um: float | None = Field(
         None,
         ge=0,
         description=(
             "Radius in µm of a disk closing that joins fragments of one cell. "
-            "Default: cell_diameter_um / 15. 0 disables it."
+            "Default: cell_diameter_um / 30 (larger values also fill the necks between "
+            "touching cells). 0 disables it."
         ),
     )
     max_hole_area_um2: float | None = Field(
@@ -149,7 +162,8 @@ class ClassicalSegmentationConfig(StrictConfig):
         description=(
             "Holes in the mask up to this area in µm² are filled (a flat nucleus or "
             "lamella inside a textured rim). Holes touching the image border are never "
-            "filled. Default: the area of a circle of diameter 2 × cell_diameter_um."
+            "filled; larger holes are background enclosed by a ring of cells. Default: "
+            "the area of one expected cell, π·(cell_diameter_um/2)²."
         ),
     )
     opening_radius_um: float | None = Field(
@@ -178,10 +192,11 @@ class ClassicalSegmentationConfig(StrictConfig):
         "ridges",
         description=(
             "How touching cells are split. 'distance': watershed of the distance "
-            "transform of the mask (splits only at concave necks). 'ridges': the mask "
-            "is first cut along bright or dark lines (cell borders, halos), markers "
-            "come from the distance transform of what remains, and the watershed "
-            "follows the lines (also splits confluent clusters)."
+            "transform of the mask (splits only at concave necks). 'ridges': the "
+            "distance transform is first lowered along bright or dark border lines "
+            "(cell borders, junction halos; Hessian line detector), so that seeds and "
+            "watershed lines also separate confluent cells whose common border is "
+            "visible."
         ),
     )
     min_separation_um: float | None = Field(
@@ -236,8 +251,9 @@ class ClassicalSegmentationConfig(StrictConfig):
         ----------
         pixel_size_um
             If given, the lengths are those actually used at this pixel size (the
-            smoothing is at least 1 pixel, the texture window at least twice the
-            smoothing) and ``boundary_shrink_um`` is included.
+            smoothing is at least 0.5 pixel, the texture window at least 1 pixel and
+            twice the smoothing, the line scale at least 1 pixel) and
+            ``boundary_shrink_um`` is included.
 
         Returns
         -------
@@ -253,8 +269,8 @@ class ClassicalSegmentationConfig(StrictConfig):
             "min_cell_area_um2": pick(self.min_cell_area_um2, 0.1 * math.pi * (d / 2) ** 2),
             "smoothing_um": pick(self.smoothing_um, d / 60.0),
             "texture_window_um": pick(self.texture_window_um, d / 25.0),
-            "closing_radius_um": pick(self.closing_radius_um, d / 15.0),
-            "max_hole_area_um2": pick(self.max_hole_area_um2, math.pi * d**2),
+            "closing_radius_um": pick(self.closing_radius_um, d / 30.0),
+            "max_hole_area_um2": pick(self.max_hole_area_um2, math.pi * (d / 2) ** 2),
             "opening_radius_um": pick(self.opening_radius_um, d / 10.0),
             "min_separation_um": pick(self.min_separation_um, d / 2.0),
             "h_maxima_um": pick(self.h_maxima_um, d / 15.0),
@@ -370,6 +386,18 @@ def _threshold(values: np.ndarray, method: str) -> float:
     return float(filters.threshold_li(values))
 
 
+def _class_separation(values: np.ndarray, thr: float) -> float:
+    """(mean above − mean below) / pooled standard deviation of the two classes."""
+    above = values > thr
+    n_above = int(np.count_nonzero(above))
+    if n_above == 0 or n_above == values.size:
+        return 0.0
+    a = values[above].astype(np.float64)
+    b = values[~above].astype(np.float64)
+    pooled = math.sqrt(0.5 * (a.var() + b.var()))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else math.inf
+
+
 def _remove_small(labels: np.ndarray, min_px: float) -> np.ndarray:
     if labels.max() == 0:
         return labels
@@ -476,6 +504,12 @@ def segment_classical(
     ConfigError
         ``pixel_size_um`` is not a positive number, or ``image`` is not numeric.
 
+    Warns
+    -----
+    MechanoscopeWarning
+        The image shows no distinct textured foreground (see
+        ``min_foreground_separation``); an all-zero label image is returned.
+
     Examples
     --------
     >>> from mechanoscope.io import read_image
@@ -493,7 +527,20 @@ def segment_classical(
 
     # 2-3: foreground map and threshold
     fmap = _foreground_map(img01, px, cfg, r)
-    fg = fmap > _threshold(fmap, cfg.threshold_method) + math.log(cfg.threshold_factor)
+    thr = _threshold(fmap, cfg.threshold_method)
+    separation = _class_separation(fmap, thr)
+    if separation < cfg.min_foreground_separation:
+        warnings.warn(
+            f"segment_classical: no cells found: the texture map shows no distinct "
+            f"foreground (class separation {separation:.2f} < "
+            f"min_foreground_separation={cfg.min_foreground_separation}); the image "
+            "looks like flat background. Lower min_foreground_separation if it does "
+            "hold cells.",
+            MechanoscopeWarning,
+            stacklevel=2,
+        )
+        return np.zeros(arr.shape, dtype=np.int32)
+    fg = fmap > thr + math.log(cfg.threshold_factor)
 
     # 4: morphology in µm
     rc = r["closing_radius_um"] / px
@@ -536,25 +583,24 @@ def _split(
     from skimage.filters import threshold_otsu
 
     mask = comp > 0
+    smooth_px = max(1.0, 0.05 * cfg.cell_diameter_um / px)
+    raw_edt = ndi.distance_transform_edt(mask).astype(np.float32)
+    edt = ndi.gaussian_filter(raw_edt, smooth_px)
+    edt[~mask] = 0
     if cfg.split_method == "ridges":
         scale = r["ridge_scale_um"] / px
         ridge = _ridge_map(img01, scale)
         rthr = float(threshold_otsu(ridge[mask])) * cfg.ridge_threshold_factor
-        # fraction of border-line pixels around each pixel: long lines through a
-        # cluster cut deep valleys into the distance map, while fine texture inside a
-        # cell lowers it only evenly and keeps one maximum per cell
+        # fraction of border-line pixels around each pixel, subtracted (times half the
+        # minimum separation) from the distance map: a long line through a cluster
+        # cuts a valley, fine texture inside a cell lowers the map about evenly and
+        # keeps one maximum per cell
         line_frac = ndi.gaussian_filter((ridge > rthr).astype(np.float32), 2.0 * scale)
-        dist = ndi.distance_transform_edt(mask).astype(np.float32) * (1.0 - line_frac)
-        import os
-        if os.environ.get("SEG_EV") == "dist":
-            elevation = None
-        else:
-            elevation = ridge / np.float32(rthr + 1e-9) - dist / np.float32(max(dist.max(), 1e-9))
+        depth_px = 0.5 * r["min_separation_um"] / px
+        dist = ndi.gaussian_filter(np.maximum(raw_edt - depth_px * line_frac, 0), smooth_px)
+        dist[~mask] = 0
     else:
-        dist = ndi.distance_transform_edt(mask).astype(np.float32)
-        elevation = None
-    dist = ndi.gaussian_filter(dist, max(1.0, 0.05 * cfg.cell_diameter_um / px))
-    dist[~mask] = 0
+        dist = edt
 
     min_sep_px = max(1, int(round(r["min_separation_um"] / px)))
     peaks = peak_local_max(dist, min_distance=min_sep_px, labels=comp, exclude_border=False)
@@ -562,7 +608,7 @@ def _split(
     if h_px > 0 and len(peaks):
         # dynamic of each maximum: dist minus its reconstruction by dilation from
         # dist - h; maxima with a dynamic >= h survive the h-maxima transform
-        dyn = dist - morphology.reconstruction(np.maximum(dist - h_px, 0), dist)
+        dyn = dist - morphology.reconstruction(dist - np.float32(h_px), dist)
         peaks = peaks[dyn[peaks[:, 0], peaks[:, 1]] >= 0.999 * h_px]
     markers = np.zeros(comp.shape, dtype=np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
@@ -578,6 +624,6 @@ def _split(
         markers[pos[:, 0], pos[:, 1]] = np.arange(
             len(peaks) + 1, len(peaks) + 1 + len(missing), dtype=np.int32
         )
-    if elevation is None:
-        elevation = -dist
-    return segmentation.watershed(elevation, markers, mask=mask)
+    # flood the plain distance transform from the seeds: watershed lines run along
+    # the necks between seeds and do not follow the texture inside the cells
+    return segmentation.watershed(-edt, markers, mask=mask)

@@ -1,0 +1,68 @@
+"""End-to-end: simulate → segment → extract → truth → train → predict → evaluate → report."""
+
+import json
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from mechanoscope.cells.extract import ExtractConfig, extract_folder
+from mechanoscope.cli.main import app
+from mechanoscope.pipeline import attach_simulation_truth
+from mechanoscope.segment.batch import segment_images
+from mechanoscope.simulate import AdherentConfig, simulate_adherent
+
+runner = CliRunner()
+
+
+def test_chain_on_simulated_images(tmp_path):
+    sim = simulate_adherent(AdherentConfig(n_images=16, image_shape_px=(256, 256), cells_per_image=6, afm_fraction=1.0), tmp_path / "sim", seed=4)
+    run = tmp_path / "run"
+    done, errors = segment_images(sim / "images", run / "labels")
+    assert len(done) == 16 and not errors
+    extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 64.0, "crop_pixels": 32}))
+    cells = attach_simulation_truth(run, sim)
+    assert set(cells.condition) == {"soft", "stiff"}
+    # most segmented cells overlap a true cell well, and their truth is the simulated modulus
+    assert (cells.truth_iou >= 0.5).mean() > 0.5
+    truth = pd.read_parquet(sim / "cells.parquet")
+    ok = cells[cells.truth_cell_id > 0].iloc[0]
+    assert ok.stiffness_pa == truth[(truth.image_id == ok.image_id) & (truth.cell_id == ok.truth_cell_id)].stiffness_pa.iloc[0]
+    assert cells.afm_stiffness_pa.notna().sum() > 5
+
+    r = runner.invoke(app, ["train", str(run), "--target", "label", "--out", str(tmp_path / "cls"), "--epochs", "1", "--batch-size", "32"])
+    assert r.exit_code == 0, r.output
+    assert "held-out test metrics" in r.output
+    r = runner.invoke(app, ["train", str(run), "--target", "afm_stiffness_pa", "--model-type", "features", "--out", str(tmp_path / "reg"), "--split-from", str(tmp_path / "cls"), "--interval-level", "0.8"])
+    assert r.exit_code == 0, r.output
+    split_c = json.loads((tmp_path / "cls" / "split.json").read_text())["groups"]
+    split_r = json.loads((tmp_path / "reg" / "split.json").read_text())["groups"]
+    assert set(split_r["test"]) <= set(split_c["test"])  # shared held-out images
+
+    r = runner.invoke(app, ["predict", str(sim / "images"), "--model", str(tmp_path / "cls"), "--model", str(tmp_path / "reg"), "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_parquet(tmp_path / "pred" / "cells.parquet")
+    assert {"pred_label", "pred_prob_soft", "pred_prob_stiff", "pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "split"} <= set(pred.columns)
+    info = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    assert info["n_cells"] == len(pred) and info["interval_level"] == 0.8 and len(info["models"]) == 2
+    # images the classifier trained on are marked, so evaluation uses held-out cells only
+    assert set(pred.loc[pred.image_id.isin(split_c["train"]), "split"]) == {"train"}
+
+    r = runner.invoke(app, ["report", str(run)])
+    assert r.exit_code != 0 or (run / "report.html").exists()
+
+
+def test_predict_on_an_empty_image_writes_an_empty_table(tmp_path):
+    from mechanoscope.io import write_image
+    from tests.test_learn import _cfg, _toy_run
+    from mechanoscope.learn.train import train_model
+
+    toy = _toy_run(tmp_path / "toy", n_images=12, per_image=6)
+    train_model(toy, _cfg(model_type="features"), tmp_path / "feat")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    write_image(tmp_path / "imgs" / "blank.tif", (1000 + rng.normal(0, 5, (128, 128))).astype(np.uint16), pixel_size_um=0.65)
+    r = runner.invoke(app, ["predict", str(tmp_path / "imgs"), "--model", str(tmp_path / "feat"), "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    assert "no cell was found" in r.output
+    assert len(pd.read_parquet(tmp_path / "pred" / "cells.parquet")) == 0
