@@ -137,7 +137,7 @@ def run_demo(
     cells = attach_simulation_truth(run, sim)
     t = lap("extract", t)
     models = out / "models"
-    common = dict(epochs=epochs, seed=seed, max_train_seconds=max_train_seconds, num_threads=0)
+    common = dict(epochs=epochs, seed=seed, max_train_seconds=max_train_seconds, num_threads=0, tta=True)
     say(f"training the soft/stiff classifier ({int(cells['qc_pass'].sum())} cells pass QC)")
     cls = train_model(run, TrainConfig.build(target="label", **common), models / "classifier", overwrite=True, command="mechanoscope demo")
     t = lap("train_classifier", t)
