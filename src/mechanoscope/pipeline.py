@@ -92,9 +92,10 @@ def run_demo(
     out: str | os.PathLike[str],
     *,
     seed: int = 0,
-    n_images: int = 48,
-    epochs: int = 25,
-    max_train_seconds: float = 150.0,
+    n_images: int = 96,
+    epochs: int = 40,
+    max_train_seconds: float = 180.0,
+    afm_fraction: float = 0.5,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """The whole chain on simulated data, as a lab would run it.
@@ -124,7 +125,7 @@ def run_demo(
         return now
 
     t = t0
-    config = AdherentConfig(n_images=n_images)
+    config = AdherentConfig(n_images=n_images, afm_fraction=afm_fraction)
     say(f"simulating {n_images} bright-field fields of view (soft and stiff cells, known Young's modulus)")
     sim = simulate_adherent(config, out / "simulated", seed=seed, overwrite=True)
     t = lap("simulate", t)
