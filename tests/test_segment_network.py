@@ -226,6 +226,19 @@ def test_two_epochs_learn_to_find_cells(trained):
     assert not path.with_name(path.name + ".partial").exists()
 
 
+def test_thresholds_are_chosen_on_validation_images_and_stored(trained):
+    path, _ = trained
+    metrics = json.loads((path / "metrics.json").read_text())
+    search = metrics["threshold_search"]
+    assert search["n_images"] == 1
+    assert search["chosen"]["val_ap_50"] >= search["configured_default"]["val_ap_50"]
+    inf = load_segmentation_model(path).config.inference
+    for key in ("interior_threshold", "foreground_threshold", "min_cell_area_um2"):
+        assert getattr(inf, key) == pytest.approx(search["chosen"][key])
+    # the stored validation scores are those of the chosen settings
+    assert metrics["validation_scores"]["ap_50"] == pytest.approx(search["chosen"]["val_ap_50"])
+
+
 def test_training_is_repeatable_with_a_seed(tmp_path):
     data = [disks(s, 64) for s in range(3)]
     cfg = SegmentationTrainConfig(**{**TINY, "epochs": 1, "patches_per_epoch": 16, "patch_size_px": 32})

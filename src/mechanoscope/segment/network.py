@@ -210,6 +210,14 @@ class SegmentationTrainConfig(BaseModel):
         default_factory=SegmentationInferenceConfig,
         description="Tiling and instance-extraction defaults stored with the model.",
     )
+    optimize_thresholds: bool = Field(
+        True,
+        description=(
+            "After training, choose interior/foreground thresholds and the minimum cell area "
+            "with the best pooled AP@0.5 on the validation images (as StarDist's "
+            "optimize_thresholds) and store them as the model's inference defaults."
+        ),
+    )
 
     @field_validator("channels")
     @classmethod
@@ -995,6 +1003,46 @@ def _hash_array(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
+#: candidates of the threshold search on the validation images
+THRESHOLD_GRID = {"interior_threshold": (0.3, 0.5, 0.7, 0.85, 0.92), "foreground_threshold": (0.4, 0.5, 0.6)}
+
+
+def optimize_thresholds(
+    model: SegmentationModel, images: list[Any], labels: list[Any], pxs: list[float]
+) -> tuple[SegmentationInferenceConfig, dict[str, Any]]:
+    """Instance-extraction settings with the best pooled AP@0.5 on held-out images.
+
+    Probabilities are computed once per image; only the extraction is repeated over
+    :data:`THRESHOLD_GRID` and two minimum areas (the configured one and a quarter of
+    the median true cell area). Ties keep the configured defaults (tried first).
+    """
+    import itertools
+
+    from mechanoscope.evaluate.segmentation import aggregate_segmentation_scores, segmentation_scores
+
+    trues = [lab.as_2d() if isinstance(lab, Image) else np.asarray(lab) for lab in labels]
+    probs = [predict_probabilities(img, pixel_size_um=px, model=model) for img, px in zip(images, pxs)]
+    areas = np.concatenate([np.bincount(t.ravel().astype(np.int64))[1:] * px * px for t, px in zip(trues, pxs)])
+    areas = areas[areas > 0]
+    default = model.config.inference
+    min_areas = [default.min_cell_area_um2]
+    if areas.size:
+        min_areas.append(round(float(0.25 * np.median(areas)), 1))
+    combos = [(default.interior_threshold, default.foreground_threshold, default.min_cell_area_um2)]
+    combos += [c for c in itertools.product(THRESHOLD_GRID["interior_threshold"], THRESHOLD_GRID["foreground_threshold"], min_areas) if c not in combos]
+    table = []
+    for it, ft, ma in combos:
+        per = [
+            segmentation_scores(probabilities_to_labels(p, pixel_size_um=px, interior_threshold=it, foreground_threshold=ft, min_cell_area_um2=ma), t)
+            for p, t, px in zip(probs, trues, pxs)
+        ]
+        table.append({"interior_threshold": it, "foreground_threshold": ft, "min_cell_area_um2": ma, "val_ap_50": aggregate_segmentation_scores(per)["ap_50"]})
+    best = max(range(len(table)), key=lambda k: (table[k]["val_ap_50"], -k))
+    chosen = {k: table[best][k] for k in ("interior_threshold", "foreground_threshold", "min_cell_area_um2")}
+    record = {"objective": "pooled AP@0.5 on the validation images", "chosen": table[best], "configured_default": table[0], "n_images": len(images)}
+    return default.model_copy(update=chosen), record
+
+
 def _validation_scores(
     model: SegmentationModel, images: list[Any], labels: list[Any], pxs: list[float]
 ) -> dict[str, Any]:
@@ -1266,6 +1314,13 @@ def train_segmentation(
         },
     }
     model.normalization = normalization
+    threshold_search = None
+    if cfg.optimize_thresholds and val_idx:
+        inf, threshold_search = optimize_thresholds(
+            model, [images[i] for i in val_idx], [labels[i] for i in val_idx], [pxs[i] for i in val_idx]
+        )
+        cfg = cfg.model_copy(update={"inference": inf})
+        model.config = cfg
     val_scores = _validation_scores(
         model, [images[i] for i in val_idx], [labels[i] for i in val_idx], [pxs[i] for i in val_idx]
     ) if val_idx else {}
@@ -1280,6 +1335,7 @@ def train_segmentation(
         "n_train_images": len(train_idx),
         "n_validation_images": len(val_idx),
         "validation_scores": val_scores,
+        "threshold_search": threshold_search,
     }
     config_json = {
         "task": TASK,
