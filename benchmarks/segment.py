@@ -231,73 +231,6 @@ def network_method(model, inference=None):
     return lambda img, px: segment_network(img, pixel_size_um=px, model=model, inference=inference)
 
 
-# instance-extraction settings tried on the model's own validation images (never the test images)
-THRESHOLD_GRID = {
-    "interior_threshold": (0.3, 0.5, 0.7, 0.85, 0.92),
-    "foreground_threshold": (0.5,),
-}
-
-
-def choose_thresholds(model, images, labels, px, min_areas_um2) -> tuple[Any, dict]:
-    """Pick the instance-extraction thresholds with the best pooled AP@0.5 on the
-    validation images the training held out (as StarDist's ``optimize_thresholds``).
-
-    The probabilities are computed once per image; only the extraction is repeated.
-    Ties keep the library default (listed first). Returns the inference config and a
-    record of the search.
-    """
-    import itertools
-
-    from mechanoscope.evaluate.segmentation import aggregate_segmentation_scores, segmentation_scores
-    from mechanoscope.segment.network import predict_probabilities, probabilities_to_labels
-
-    val_idx = json.loads((Path(model.path) / "provenance.json").read_text())["validation_image_indices"]
-    probs = [predict_probabilities(images[i], pixel_size_um=px, model=model) for i in val_idx]
-    default = model.config.inference
-    combos = [(default.interior_threshold, default.foreground_threshold, default.min_cell_area_um2)]
-    combos += [c for c in itertools.product(THRESHOLD_GRID["interior_threshold"],
-                                            THRESHOLD_GRID["foreground_threshold"], min_areas_um2)
-               if c not in combos]
-    table = []
-    for it, ft, ma in combos:
-        per = [segmentation_scores(probabilities_to_labels(p, pixel_size_um=px, interior_threshold=it,
-                                                           foreground_threshold=ft, min_cell_area_um2=ma),
-                                   labels[i]) for p, i in zip(probs, val_idx)]
-        agg = aggregate_segmentation_scores(per)
-        table.append({"interior_threshold": it, "foreground_threshold": ft, "min_cell_area_um2": rnd(ma, 1),
-                      "val_ap_50": rnd(agg["ap_50"]), "val_ap_50_95": rnd(agg["ap_50_95"])})
-    best = max(range(len(table)), key=lambda k: (table[k]["val_ap_50"], -k))
-    b = table[best]
-    inf = default.model_copy(update={"interior_threshold": b["interior_threshold"],
-                                     "foreground_threshold": b["foreground_threshold"],
-                                     "min_cell_area_um2": combos[best][2]})
-    log(f"thresholds chosen on {len(val_idx)} validation images: {b} (default: {table[0]})")
-    return inf, {"validation_image_indices": val_idx, "chosen": b, "library_default": table[0],
-                 "grid": {**THRESHOLD_GRID, "min_cell_area_um2": [rnd(m, 1) for m in min_areas_um2]},
-                 "objective": "pooled AP@0.5 on the validation images"}
-
-
-def min_area_candidates(labels: list[np.ndarray], px: float) -> list[float]:
-    """Library default (20 µm²) and a quarter of the median training-cell area."""
-    counts = np.concatenate([np.bincount(l.ravel())[1:] for l in labels])
-    med = float(np.median(counts[counts > 0])) * px * px
-    return [20.0, round(0.25 * med, 1)]
-
-
-def wait_for_classical(max_wait_s: float = 3600) -> None:
-    """The classical module is being finished in parallel: poll until it imports."""
-    t0 = time.perf_counter()
-    while True:
-        try:
-            from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical  # noqa: F401
-            return
-        except ImportError as exc:
-            if time.perf_counter() - t0 > max_wait_s:
-                raise
-            log(f"mechanoscope.segment.classical not importable yet ({exc}); retrying in 60 s")
-            time.sleep(60)
-
-
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -347,8 +280,6 @@ def main() -> None:
 
     from mechanoscope import __version__
     from mechanoscope.segment.network import SegmentationInferenceConfig, SegmentationTrainConfig
-
-    wait_for_classical()
     from mechanoscope.segment.classical import ClassicalSegmentationConfig
 
     work_ctx = tempfile.TemporaryDirectory(prefix="segbench_") if args.work is None else None
@@ -401,9 +332,9 @@ def main() -> None:
                              work / "sim_model")
         diam = median_cell_diameter_um(tr_l, sim_px)
         ccfg = ClassicalSegmentationConfig(cell_diameter_um=round(diam, 1))
-        inf, thr_info = choose_thresholds(model, tr_i, tr_l, sim_px, min_area_candidates(tr_l, sim_px))
+        inf, thr_info = model.config.inference, model.metrics.get("threshold_search")  # chosen on validation images by train_segmentation
         methods = {"learned": network_method(model, inf), "classical": classical_method(ccfg),
-                   "learned_default_thresholds": network_method(model)}
+                   "learned_default_thresholds": network_method(model, SegmentationInferenceConfig())}
         per_mod: dict[str, Any] = {}
         all_scores: dict[str, list] = {k: [] for k in methods}
         for mod, (tims, tlabs) in te.items():
@@ -449,9 +380,9 @@ def main() -> None:
                                  work / "real_model", input_paths=tr_paths)
             diam = median_cell_diameter_um(tr_l, px)
             ccfg = ClassicalSegmentationConfig(cell_diameter_um=round(diam, 1))
-            inf, thr_info = choose_thresholds(model, tr_i, tr_l, px, min_area_candidates(tr_l, px))
+            inf, thr_info = model.config.inference, model.metrics.get("threshold_search")  # chosen on validation images by train_segmentation
             methods = {"learned": network_method(model, inf), "classical": classical_method(ccfg),
-                       "learned_default_thresholds": network_method(model)}
+                       "learned_default_thresholds": network_method(model, SegmentationInferenceConfig())}
             log("evaluating real test images")
             sc, _, tm, preds = evaluate(te_i, te_l, px, methods)
             speed["real_usiigaci"] = {"image_shape_px": list(te_i[0].shape), "n_images": len(te_i), **tm}
