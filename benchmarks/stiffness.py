@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mechanoscope.cells.extract import ExtractConfig, extract_folder
+from mechanoscope.evaluate.stiffness import regression_metrics
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import load_run
 from mechanoscope.learn.predict import load_stiffness_model, predict_cells
@@ -55,8 +56,8 @@ def make_run(root: Path, config: AdherentConfig, seed: int) -> Path:
 
 
 def _ape(true: np.ndarray, pred: np.ndarray) -> dict:
-    ape = np.abs(pred - true) / true * 100
-    return {"ape_mean_pct": float(ape.mean()), "ape_median_pct": float(np.median(ape))}
+    m = regression_metrics(true, pred)
+    return {"ape_mean_pct": m["ape_mean_pct"], "ape_median_pct": m["ape_median_pct"]}
 
 
 def main() -> None:

@@ -81,7 +81,8 @@ def attach_simulation_truth(run_dir: str | os.PathLike[str], sim_dir: str | os.P
         cells.loc[idx, "truth_iou"] = iou[ids]
         cells.loc[idx, "stiffness_pa"] = np.where(ok, t_img.reindex(best[ids]).to_numpy(), np.nan)
     for path in sorted((run / "labels").glob("*.tif")):  # images where no cell was found
-        seg_labels.setdefault(path.stem, read_label_image(path).data)
+        if path.stem not in seg_labels:
+            seg_labels[path.stem] = read_label_image(path).data
     afm = afm[afm["image_id"].astype(str).isin(seg_labels)]
     cells, _ = match_afm_to_cells(cells, afm, seg_labels, pixel_size_um=px)
     write_table(cells, run / "cells.parquet")
@@ -109,6 +110,7 @@ def run_demo(
     """
     from mechanoscope.cells.extract import ExtractConfig, extract_folder
     from mechanoscope.evaluate.stiffness import evaluate_run
+    from mechanoscope.io import read_table
     from mechanoscope.learn.config import TrainConfig
     from mechanoscope.learn.train import train_model
     from mechanoscope.report import field_gallery, write_report
@@ -163,7 +165,7 @@ def run_demo(
         "n_images": n_images,
         "n_cells_segmented": int(len(cells)),
         "n_cells_afm": n_afm,
-        "populations": summarise_simulation(read_table_safe(sim / "cells.parquet")),
+        "populations": summarise_simulation(read_table(sim / "cells.parquet")),
         "classifier_test": cls.metrics.get("test", {}),
         "regressor_test": reg.metrics.get("test", {}),
         "evaluation": {k: evaluation.get(k) for k in ("classification", "regression") if k in evaluation},
@@ -175,12 +177,6 @@ def run_demo(
     }
     write_json(summary, out / "summary.json")
     return summary
-
-
-def read_table_safe(path: Path) -> pd.DataFrame:
-    from mechanoscope.io import read_table
-
-    return read_table(path)
 
 
 # ----------------------------------------------------------------------------- predict

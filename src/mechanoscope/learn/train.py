@@ -361,10 +361,14 @@ def train_model(
         channels = list(config.channels)
         if "mask" in channels and "mask" not in data.channels:
             channels = [c for c in channels if c != "mask"]
-        x_int = normalise_crops(data.crops[masks["train"]], data.channels, ["intensity"], 1.0)[:, 0] if "intensity" in channels else None
-        contrast_scale = float(np.std(x_int)) if x_int is not None and x_int.size else 1.0
+        # relative contrast of every crop once; its std on the training crops sets the scale
+        x_all = normalise_crops(data.crops, data.channels, channels, 1.0)
+        contrast_scale = 1.0
+        if "intensity" in channels and len(masks["train"]):
+            k = channels.index("intensity")
+            contrast_scale = float(np.std(x_all[masks["train"], k])) or 1.0
+            x_all[:, k] /= contrast_scale
         normalization = {"method": "relative_contrast", "description": "intensity → (I / I_background − 1) / contrast_scale; I_background = median of the crop border; mask channels unchanged", "contrast_scale": contrast_scale, "channels": channels}
-        x_all = normalise_crops(data.crops, data.channels, channels, contrast_scale)
         cw = _class_weights(y_all[masks["train"]], n_out) if task == "classification" and config.balance_classes else None
         nets, log = train_networks(x_all[masks["train"]], y_all[masks["train"]], x_all[masks["val"]], y_all[masks["val"]], task=task, n_outputs=n_out, config=config, class_weights=cw, progress=progress)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items()}

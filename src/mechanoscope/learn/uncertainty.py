@@ -24,6 +24,7 @@ __all__ = [
     "expected_calibration_error",
     "conformal_quantile",
     "conformal_interval",
+    "softmax_t",
 ]
 
 
