@@ -249,3 +249,22 @@ def test_test_time_augmentation_makes_predictions_rotation_invariant(toy_run, tm
     c = predict_cells(plain, data.table, data.crops, channels=data.channels, attrs=data.attrs)
     d = predict_cells(plain, data.table, rotated, channels=data.channels, attrs=data.attrs)
     assert np.abs(c.pred_prob_stiff - d.pred_prob_stiff).max() > 10 * max(tta_diff, 1e-6)  # without TTA it is not
+
+
+def test_fine_pixel_crops_get_a_stem_and_round_trip(tmp_path):
+    from mechanoscope.learn.networks import CompactCNN
+
+    small = CompactCNN(2, 1, width=8, input_pixels=64)
+    big = CompactCNN(2, 1, width=8, input_pixels=128)
+    pools = [sum(isinstance(m, __import__("torch").nn.MaxPool2d) for m in net.features) for net in (small, big)]
+    assert pools == [4, 5]  # one extra 2× reduction for 2× finer crops
+    run = _toy_run(tmp_path / "run128", n_images=8, per_image=8, crop_px=128)
+    res = train_model(run, _cfg(epochs=2, test_fraction=0.25), tmp_path / "m128")
+    cfg = json.loads((res.model_dir / "config.json").read_text())
+    assert cfg["crop_pixels"] == 128
+    data = load_run(run)
+    model = load_stiffness_model(res.model_dir)
+    pred = predict_cells(model, data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    again = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    np.testing.assert_array_equal(pred.pred_prob_stiff.to_numpy(), again.pred_prob_stiff.to_numpy())
+    assert pred.pred_prob_stiff.between(0, 1).all()

@@ -143,7 +143,7 @@ def train_networks(
         seed = config.seed * 1000 + member
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width)
+        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]))
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
         best, best_state, stale = np.inf, copy.deepcopy(net.state_dict()), 0
