@@ -371,7 +371,8 @@ def train_model(
         normalization = {"method": "relative_contrast", "description": "intensity → (I / I_background − 1) / contrast_scale; I_background = median of the crop border; mask channels unchanged", "contrast_scale": contrast_scale, "channels": channels}
         cw = _class_weights(y_all[masks["train"]], n_out) if task == "classification" and config.balance_classes else None
         nets, log = train_networks(x_all[masks["train"]], y_all[masks["train"]], x_all[masks["val"]], y_all[masks["val"]], task=task, n_outputs=n_out, config=config, class_weights=cw, progress=progress)
-        raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items()}
+        # outputs on the held-out splits only (training-set outputs are never used)
+        raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
         for k, net in enumerate(nets):
             for name, tensor in net.state_dict().items():
                 state[f"member{k}.{name}"] = tensor
