@@ -268,3 +268,54 @@ def test_fine_pixel_crops_get_a_stem_and_round_trip(tmp_path):
     again = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     np.testing.assert_array_equal(pred.pred_prob_stiff.to_numpy(), again.pred_prob_stiff.to_numpy())
     assert pred.pred_prob_stiff.between(0, 1).all()
+
+
+def _texture_batch(n: int = 16, px: int = 32, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    inten = torch.randn((n, 1, px, px), generator=g)  # pixel-scale texture
+    yy, xx = torch.meshgrid(torch.arange(px), torch.arange(px), indexing="ij")
+    mask = ((yy - px / 2) ** 2 + (xx - px / 2) ** 2 < (px / 3) ** 2).float().expand(n, 1, px, px)
+    return torch.cat([inten, mask], 1)
+
+
+def test_augmentation_is_reproducible_and_keeps_masks_binary():
+    import torch
+
+    from mechanoscope.learn.augment import augment_batch
+    from mechanoscope.learn.config import AugmentConfig
+
+    x = _texture_batch()
+    cfg = AugmentConfig(affine_degrees=20, affine_scale=0.1, affine_translate_fraction=0.05)
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    c = augment_batch(x, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert set(torch.unique(a[:, 1]).tolist()) <= {0.0, 1.0}
+    assert torch.equal(x, _texture_batch())  # input untouched
+
+
+def test_default_augmentation_is_exact_geometry_and_keeps_texture():
+    """Default: 90° rotations/flips only (no resampling), photometric changes on the intensity only."""
+    import torch
+
+    from mechanoscope.learn.augment import augment_batch
+    from mechanoscope.learn.config import AugmentConfig
+
+    x = _texture_batch(n=64)
+    geo_only = AugmentConfig(intensity_scale=0, gamma=0, blur_sigma_px=0, noise_std=0)
+    y = augment_batch(x, geo_only, torch.Generator().manual_seed(0))
+    # every crop is one of the 8 dihedral views of its original: values are permuted, not resampled
+    for i in range(len(x)):
+        views = [torch.rot90(v, k, dims=(1, 2)) for v in (x[i], torch.flip(x[i], dims=(2,))) for k in range(4)]
+        assert any(torch.equal(y[i], v) for v in views)
+    # an affine step resamples: it damps the pixel-scale texture variance (why it is off by default)
+    affine = AugmentConfig(rotate90_flip=False, affine_degrees=15, affine_scale=0, affine_translate_fraction=0.05, intensity_scale=0, gamma=0, blur_sigma_px=0, noise_std=0)
+    z = augment_batch(x, affine, torch.Generator().manual_seed(0))
+    inner = x[:, 1] > 0
+    assert float(z[:, 0][inner].var()) < 0.8 * float(x[:, 0][inner].var())
+    # photometric defaults never touch the mask channel
+    full = augment_batch(x, AugmentConfig(rotate90_flip=False), torch.Generator().manual_seed(1))
+    assert torch.equal(full[:, 1], x[:, 1])
+    assert not torch.equal(full[:, 0], x[:, 0])

@@ -15,9 +15,9 @@ class AugmentConfig(StrictConfig):
     """Microscopy-appropriate augmentation of single-cell crops (applied on the fly)."""
 
     rotate90_flip: bool = Field(True, description="Random 90° rotations and flips (cells have no preferred orientation).")
-    affine_degrees: float = Field(15.0, ge=0, le=180, description="Maximum extra rotation (degrees).")
-    affine_scale: float = Field(0.08, ge=0, le=0.5, description="Maximum relative zoom (±). Keep small: size carries information.")
-    affine_translate_fraction: float = Field(0.05, ge=0, le=0.3, description="Maximum shift as a fraction of the crop size.")
+    affine_degrees: float = Field(0.0, ge=0, le=180, description="Maximum extra rotation (degrees). Off by default: the bilinear resampling of any affine step damps pixel-scale texture (stress fibres) by a random amount, which costs regression accuracy (benchmarks/stiffness.py) and a third of the training time.")
+    affine_scale: float = Field(0.0, ge=0, le=0.5, description="Maximum relative zoom (±). Keep small: size carries information.")
+    affine_translate_fraction: float = Field(0.0, ge=0, le=0.3, description="Maximum shift as a fraction of the crop size (resampled like the rotation).")
     intensity_scale: float = Field(0.15, ge=0, le=1, description="Maximum relative change of the contrast (±).")
     gamma: float = Field(0.15, ge=0, le=1, description="Maximum change of the contrast gamma (±, on |contrast|).")
     blur_sigma_px: float = Field(0.7, ge=0, le=5, description="Maximum Gaussian blur σ (crop pixels), applied to half the crops.")
