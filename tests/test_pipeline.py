@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from mechanoscope.cells.extract import ExtractConfig, extract_folder
 from mechanoscope.cli.main import app
+from mechanoscope.errors import ConfigError, MechanoscopeWarning, OutputFolderError
 from mechanoscope.pipeline import attach_simulation_truth
 from mechanoscope.segment.batch import segment_images
 from mechanoscope.simulate import AdherentConfig, simulate_adherent
@@ -18,8 +20,12 @@ runner = CliRunner()
 def test_chain_on_simulated_images(tmp_path):
     sim = simulate_adherent(AdherentConfig(n_images=16, image_shape_px=(256, 256), cells_per_image=6, afm_fraction=1.0), tmp_path / "sim", seed=4)
     run = tmp_path / "run"
-    done, errors = segment_images(sim / "images", run / "labels")
-    assert len(done) == 16 and not errors
+    seg = segment_images(sim / "images", run)
+    assert len(seg.labels) == 16 and not seg.errors and seg.n_done == 16
+    record = json.loads((run / "segment.json").read_text())
+    assert record["settings"]["method"] == "classical" and all(v["status"] == "done" for v in record["images"].values())
+    again = segment_images(sim / "images", run)  # re-running resumes: nothing redone
+    assert again.n_done == 0 and again.n_skipped == 16
     extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 64.0, "crop_pixels": 32}))
     cells = attach_simulation_truth(run, sim)
     assert set(cells.condition) == {"soft", "stiff"}
@@ -66,3 +72,22 @@ def test_predict_on_an_empty_image_writes_an_empty_table(tmp_path):
     assert r.exit_code == 0, r.output
     assert "no cell was found" in r.output
     assert len(pd.read_parquet(tmp_path / "pred" / "cells.parquet")) == 0
+
+
+def test_segment_images_skips_a_bad_file_and_names_labels_by_stem(tmp_path):
+    sim = simulate_adherent(AdherentConfig(n_images=2, image_shape_px=(128, 128), cells_per_image=3), tmp_path / "sim", seed=1)
+    src = tmp_path / "src"
+    src.mkdir()
+    first, second = sorted((sim / "images").iterdir())
+    (src / "a.ome.tif").write_bytes(first.read_bytes())
+    (src / "b.tif").write_bytes(second.read_bytes()[:300])  # truncated file
+    with pytest.warns(MechanoscopeWarning, match="b.tif"):
+        seg = segment_images(src, tmp_path / "run")
+    assert [p.name for p in seg.labels] == ["a.ome.tif"]  # the stem "a.ome", as `extract` pairs them
+    assert len(seg.errors) == 1 and "b.tif" in seg.errors[0]["file"]
+    record = json.loads((tmp_path / "run" / "segment.json").read_text())
+    assert record["images"]["b"]["status"] == "failed" and record["images"]["a.ome"]["status"] == "done"
+    with pytest.raises(OutputFolderError, match="different settings"):
+        segment_images(src, tmp_path / "run", settings={"cell_diameter_um": 15.0})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        segment_images(src, tmp_path / "other", settings={"no_such_setting": 1})

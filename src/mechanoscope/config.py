@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mechanoscope.errors import ConfigError
 
-__all__ = ["StrictConfig", "load_config", "read_config_mapping", "validation_message"]
+__all__ = ["StrictConfig", "load_config", "read_config_mapping", "validate_mapping", "validation_message"]
 
 T = TypeVar("T", bound="StrictConfig")
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictConfig(BaseModel):
@@ -52,6 +53,14 @@ def validation_message(cls: type[BaseModel], exc: ValidationError) -> str:
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def validate_mapping(cls: type[M], data: Mapping[str, Any]) -> M:
+    """Validate a mapping (from a file and/or CLI flags) into ``cls``; readable :class:`ConfigError` if invalid."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(validation_message(cls, exc)) from None
 
 
 def read_config_mapping(path: str | os.PathLike[str], what: str = "parameters") -> dict[str, Any]:

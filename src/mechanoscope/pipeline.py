@@ -133,7 +133,7 @@ def run_demo(
     t = lap("simulate", t)
     run = out / "run"
     say("segmenting cells (classical label-free pipeline)")
-    _, seg_errors = segment_images(sim / "images", run / "labels", method="classical")
+    seg_errors = segment_images(sim / "images", run, method="classical", overwrite=True, command="mechanoscope demo").errors
     t = lap("segment", t)
     say("extracting single-cell crops (80 µm, 64 px) and morphology")
     extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 80.0, "crop_pixels": 64}))
@@ -250,7 +250,8 @@ def predict_run(
         from mechanoscope.cells.extract import ExtractConfig, extract_folder
         from mechanoscope.segment.batch import segment_images
 
-        label_paths, seg_errors = segment_images(src, out / "labels", method=segmentation, pixel_size_um=pixel_size_um, progress=lambda i, n: say("segmenting", i, n))
+        seg = segment_images(src, out, method=segmentation, pixel_size_um=pixel_size_um, progress=lambda i, n, name: say("segmenting", i, n))
+        label_paths, seg_errors = seg.labels, seg.errors
         cnn = next((m for m in loaded if m.config["model_type"] == "cnn"), None)
         ecfg = dict(extract_config or {})
         if cnn is not None:

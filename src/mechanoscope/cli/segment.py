@@ -14,7 +14,6 @@ folder literally named ``run`` or ``train`` needs the explicit ``segment run``.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -63,36 +62,6 @@ def _load_mapping(path: Path, what: str) -> dict[str, Any]:
     return read_config_mapping(path, what)
 
 
-def _validate(cls: Any, data: dict[str, Any], what: str) -> Any:
-    from pydantic import ValidationError
-
-    from mechanoscope.errors import ConfigError
-
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"invalid {what}: " + "; ".join(parts)) from None
-
-
-def _read_plane(
-    path: Path, *, pixel_size_um: float | None, axes: str | None, channel: int | None, frame: int | None
-) -> tuple[Any, float]:
-    from mechanoscope.io.images import check_image_values, read_image
-
-    img = read_image(path, pixel_size_um=pixel_size_um, axes=axes)
-    index = {}
-    if channel is not None and "C" in img.axes:
-        index["C"] = channel
-    if frame is not None and "T" in img.axes:
-        index["T"] = frame
-    if index:
-        img = img.plane(**index)
-    arr = img.as_2d()
-    check_image_values(arr, str(path))
-    return arr, float(img.pixel_size_um)  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- run
 @segment_app.command("run")
 def run(
@@ -134,110 +103,14 @@ def run(
     (method, settings, provenance, per-image status). Re-running skips images whose
     labels exist; a bad image is reported and skipped.
     """
-    from mechanoscope.errors import MechanoscopeError, OutputFolderError
-    from mechanoscope.io.atomic import write_json
-    from mechanoscope.io.images import image_paths, write_label_image
-    from mechanoscope.learn.model_folder import provenance, sha256_file
+    from mechanoscope.segment.batch import segment_images
 
     with user_errors():
-        paths = image_paths(images)
-        stems: dict[str, Path] = {}
-        dupes = []
-        for p in paths:
-            if p.stem in stems:
-                dupes.append(p)
-            else:
-                stems[p.stem] = p
-        base = _load_mapping(config, "segmentation settings") if config else {}
-
-        if method.lower() == "classical":
-            from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
-
-            if cell_diameter_um is not None:
-                base["cell_diameter_um"] = cell_diameter_um
-            cfg: Any = _validate(ClassicalSegmentationConfig, base, "classical segmentation settings")
-            method_info: dict[str, Any] = {"method": "classical"}
-
-            def segment_one(arr: Any, px: float) -> Any:
-                return segment_classical(arr, pixel_size_um=px, config=cfg)
-
-        else:
-            from mechanoscope.segment.network import (
-                SegmentationInferenceConfig,
-                load_segmentation_model,
-                segment_network,
-            )
-
-            model_dir = Path(method)
-            if not model_dir.exists():
-                raise MechanoscopeError(
-                    f"--method {method!r}: not 'classical' and no such model folder; pass "
-                    "--method classical or the folder written by `mechanoscope segment train`"
-                )
-            model = load_segmentation_model(model_dir, device=device)  # type: ignore[arg-type]
-            merged = model.config.inference.model_dump()
-            merged.update(base)
-            for key, value in (
-                ("tile_size_px", tile_size_px),
-                ("tile_overlap_px", tile_overlap_px),
-                ("min_cell_area_um2", min_cell_area_um2),
-                ("device", device),
-            ):
-                if value is not None:
-                    merged[key] = value
-            cfg = _validate(SegmentationInferenceConfig, merged, "inference settings")
-            method_info = {
-                "method": "network",
-                "model": str(model_dir.resolve()),
-                "model_weights_sha256": sha256_file(model_dir / "weights.safetensors"),
-                "model_pixel_size_um": model.pixel_size_um,
-            }
-
-            def segment_one(arr: Any, px: float) -> Any:
-                return segment_network(arr, pixel_size_um=px, model=model, inference=cfg)
-
-        settings = {
-            **method_info,
-            "config": cfg.model_dump(mode="json"),
-            "pixel_size_um": pixel_size_um,
-            "axes": axes,
-            "channel": channel,
-            "frame": frame,
+        settings = _load_mapping(config, "segmentation settings") if config else {}
+        flags = {"cell_diameter_um": cell_diameter_um} if method.lower() == "classical" else {
+            "tile_size_px": tile_size_px, "tile_overlap_px": tile_overlap_px, "min_cell_area_um2": min_cell_area_um2,
         }
-        record_path = out / "segment.json"
-        previous: dict[str, Any] = {}
-        if record_path.is_file():
-            import json
-
-            try:
-                previous = json.loads(record_path.read_text())
-            except (OSError, ValueError):
-                previous = {}
-            if previous.get("settings") != settings and not overwrite:
-                raise OutputFolderError(
-                    f"{out}: holds labels from a segmentation with different settings "
-                    f"(method {previous.get('settings', {}).get('method')!r}); use another "
-                    "--out, or pass --overwrite to redo every image with the new settings"
-                )
-        elif (out / "labels").is_dir() and any((out / "labels").iterdir()) and not overwrite:
-            raise OutputFolderError(
-                f"{out}: has a labels/ folder but no segment.json, so it is not a segment run; "
-                "use another --out or pass --overwrite"
-            )
-        results: dict[str, Any] = dict(previous.get("images", {})) if not overwrite else {}
-        record = {
-            "settings": settings,
-            "provenance": provenance(command=sys.argv),
-            "images": results,
-        }
-        problems: list[str] = []
-        for p in dupes:
-            msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
-            problems.append(msg)
-            results[f"{p.name}"] = {"image": str(p), "status": "failed", "error": msg}
-
-        n_done = n_skipped = 0
-        todo = list(stems.items())
+        settings.update({k: v for k, v in flags.items() if v is not None})
         with warnings.catch_warnings(record=True) as caught, Progress(
             TextColumn("segmenting {task.description}"),
             BarColumn(),
@@ -248,49 +121,27 @@ def run(
             transient=True,
         ) as bar:
             warnings.simplefilter("always")
-            task = bar.add_task("", total=len(todo))
-            for stem, path in todo:
-                bar.update(task, description=path.name)
-                target = out / "labels" / f"{stem}.tif"
-                if target.is_file() and not overwrite:
-                    n_skipped += 1
-                    results.setdefault(stem, {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done"})
-                    bar.advance(task)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    arr, px = _read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame)
-                    labels = segment_one(arr, px)
-                    write_label_image(target, labels, pixel_size_um=px)
-                except (MechanoscopeError, OSError) as exc:
-                    msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                    problems.append(msg)
-                    results[stem] = {"image": str(path), "status": "failed", "error": msg}
-                else:
-                    n_done += 1
-                    results[stem] = {
-                        "image": str(path),
-                        "labels": f"labels/{stem}.tif",
-                        "status": "done",
-                        "n_cells": int(labels.max()),
-                        "pixel_size_um": px,
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
-                write_json(record, record_path)
-                bar.advance(task)
-        write_json(record, record_path)
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, description=name)
+
+            result = segment_images(
+                images, out, method=method, settings=settings, pixel_size_um=pixel_size_um, axes=axes,
+                channel=channel, frame=frame, device=device, overwrite=overwrite, progress=progress, command=sys.argv,
+            )
     seen = set()
     for w in caught:
         text = str(w.message)
-        if text not in seen:
+        if text not in seen and not text.startswith("skipped ") and "another image has the same name" not in text:
             seen.add(text)
             console.print(f"[yellow]warning:[/yellow] {text}")
-    for msg in problems:
-        console.print(f"[yellow]skipped:[/yellow] {msg}")
+    for err in result.errors:
+        console.print(f"[yellow]skipped:[/yellow] {err['error']}")
     console.print(
-        f"segmented {n_done} image(s) into {out / 'labels'}"
-        + (f", {n_skipped} already done" if n_skipped else "")
-        + (f"; {len(problems)} problem(s), see segment.json" if problems else "")
+        f"segmented {result.n_done} image(s) into {out / 'labels'}"
+        + (f", {result.n_skipped} already done" if result.n_skipped else "")
+        + (f"; {len(result.errors)} problem(s), see segment.json" if result.errors else "")
     )
 
 
@@ -339,7 +190,9 @@ def train(
     from mechanoscope.cells.extract import pair_images_and_labels
     from mechanoscope.errors import ConfigError, MechanoscopeError
     from mechanoscope.io.images import read_label_image
+    from mechanoscope.config import validate_mapping
     from mechanoscope.learn.model_folder import check_output_folder
+    from mechanoscope.segment.batch import read_plane
     from mechanoscope.segment.network import SegmentationTrainConfig, train_segmentation
 
     def given(name: str) -> bool:
@@ -368,7 +221,7 @@ def train(
         ):
             if config is None or given(name):
                 base[key] = value
-        cfg = _validate(SegmentationTrainConfig, base, "training settings")
+        cfg = validate_mapping(SegmentationTrainConfig, base)
         check_output_folder(out, overwrite=overwrite)
 
         pairs, problems = pair_images_and_labels(images, masks)
@@ -376,7 +229,7 @@ def train(
         arrays, label_arrays, pxs, used = [], [], [], []
         for img_path, lab_path in pairs:
             try:
-                arr, px = _read_plane(img_path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=None)
+                arr, px = read_plane(img_path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=None)
                 lab = read_label_image(lab_path).as_2d()
                 if lab.shape != arr.shape:
                     raise MechanoscopeError(

@@ -1,65 +1,211 @@
-"""Segmenting many images into a run folder: classical or with a trained network."""
+"""Segmenting many images into a run folder: classical or with a trained network.
+
+One function, :func:`segment_images`, used by ``mechanoscope segment``, ``predict``
+from raw images and the demo. It writes ``OUT/labels/<stem>.tif`` (``<stem>`` is the
+image file's stem, which is how ``extract`` pairs labels with images) and
+``OUT/segment.json``: method, settings, provenance and a status per image. Re-running
+with the same settings skips images whose labels exist; different settings are
+refused unless ``overwrite``; a bad image is recorded and skipped, and the record is
+rewritten after every image so nothing finished is lost.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from mechanoscope.errors import MechanoscopeError, MechanoscopeWarning
-from mechanoscope.io import image_paths, read_image, write_label_image
+import numpy as np
 
-__all__ = ["segment_images"]
+from mechanoscope.config import validate_mapping
+from mechanoscope.errors import MechanoscopeError, MechanoscopeWarning, OutputFolderError
+
+__all__ = ["segment_images", "SegmentRunResult", "read_plane"]
+
+
+@dataclass
+class SegmentRunResult:
+    """What :func:`segment_images` did.
+
+    Attributes
+    ----------
+    labels
+        Label files written or found, in input order (failed images left out).
+    errors
+        ``{"file", "error"}`` for every image that was skipped.
+    n_done, n_skipped
+        Images segmented now / already segmented by an earlier run.
+    record_path
+        ``OUT/segment.json``.
+    """
+
+    labels: list[Path] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    n_done: int = 0
+    n_skipped: int = 0
+    record_path: Path | None = None
+
+
+def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = None, axes: str | None = None, channel: int | None = None, frame: int | None = None) -> tuple[np.ndarray, float]:
+    """Read one 2-D plane (Y, X) to segment and its pixel size (µm).
+
+    ``channel`` / ``frame`` pick a plane of multichannel / time-lapse files; an image
+    that is still not 2-D, or has NaN/constant values, is a clear error naming the file.
+    """
+    from mechanoscope.io.images import check_image_values, read_image
+
+    img = read_image(path, pixel_size_um=pixel_size_um, axes=axes)
+    index = {}
+    if channel is not None and "C" in img.axes:
+        index["C"] = channel
+    if frame is not None and "T" in img.axes:
+        index["T"] = frame
+    if index:
+        img = img.plane(**index)
+    arr = img.as_2d()
+    check_image_values(arr, str(path))
+    return arr, float(img.pixel_size_um)  # type: ignore[arg-type]
+
+
+def _segmenter(method: str, settings: Mapping[str, Any], device: str | None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
+    """(segment(array, pixel_size_um) → labels, method description, validated config)."""
+    if str(method).lower() == "classical":
+        from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
+
+        cfg = validate_mapping(ClassicalSegmentationConfig, settings)
+        return (lambda arr, px: segment_classical(arr, pixel_size_um=px, config=cfg)), {"method": "classical"}, cfg
+    from mechanoscope.learn.model_folder import sha256_file
+    from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model, segment_network
+
+    model_dir = Path(method)
+    if not model_dir.exists():
+        raise MechanoscopeError(
+            f"--method {method!r}: not 'classical' and no such model folder; pass "
+            "--method classical or the folder written by `mechanoscope segment train`"
+        )
+    model = load_segmentation_model(model_dir, device=device)  # type: ignore[arg-type]
+    merged = model.config.inference.model_dump()
+    merged.update(settings)
+    if device is not None:
+        merged["device"] = device
+    cfg = validate_mapping(SegmentationInferenceConfig, merged)
+    info = {
+        "method": "network",
+        "model": str(model_dir.resolve()),
+        "model_weights_sha256": sha256_file(model_dir / "weights.safetensors"),
+        "model_pixel_size_um": model.pixel_size_um,
+    }
+    return (lambda arr, px: segment_network(arr, pixel_size_um=px, model=model, inference=cfg)), info, cfg
 
 
 def segment_images(
     images: str | os.PathLike[str] | list,
-    labels_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     method: str = "classical",
+    settings: Mapping[str, Any] | None = None,
     pixel_size_um: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[Path], list[dict]]:
-    """Segment every image and write ``labels_dir/<stem>.tif``.
+    axes: str | None = None,
+    channel: int | None = None,
+    frame: int | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    command: list[str] | str | None = None,
+) -> SegmentRunResult:
+    """Segment every image into ``out/labels/<stem>.tif`` and record it in ``out/segment.json``.
 
-    ``method`` is ``"classical"`` or the path of a segmentation model folder. Images
-    whose label file already exists are skipped (re-running resumes). A bad image is
-    reported (warning + returned error) and skipped.
+    Parameters
+    ----------
+    images
+        Image file, folder of images, or list of files.
+    out
+        Run folder.
+    method
+        ``"classical"`` or the path of a segmentation model folder.
+    settings
+        Overrides of the method's config (``ClassicalSegmentationConfig`` fields, or
+        ``SegmentationInferenceConfig`` fields on top of those stored with the model);
+        unknown keys are an error.
+    pixel_size_um, axes, channel, frame
+        How to read the images (default: from each file's metadata).
+    overwrite
+        Redo every image, also when ``out`` holds labels from other settings.
+    progress
+        ``progress(done, total, file_name)`` after each image.
 
     Returns
     -------
-    (label paths written or found, errors as ``{"file", "error"}`` dicts)
+    SegmentRunResult
     """
+    from mechanoscope.io.atomic import write_json
+    from mechanoscope.io.images import image_paths, write_label_image
+    from mechanoscope.learn.model_folder import provenance
+
     paths = image_paths(images) if not isinstance(images, list) else [Path(p) for p in images]
-    out = Path(labels_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if method == "classical":
-        from mechanoscope.segment.classical import segment_classical
+    out = Path(out)
+    segment_one, method_info, cfg = _segmenter(method, dict(settings or {}), device)
+    record_settings = {**method_info, "config": cfg.model_dump(mode="json"), "pixel_size_um": pixel_size_um, "axes": axes, "channel": channel, "frame": frame}
+    record_path = out / "segment.json"
+    previous: dict[str, Any] = {}
+    if record_path.is_file():
+        try:
+            previous = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("settings") != record_settings and not overwrite:
+            raise OutputFolderError(
+                f"{out}: holds labels from a segmentation with different settings "
+                f"(method {previous.get('settings', {}).get('method')!r}); use another "
+                "--out, or pass --overwrite to redo every image with the new settings"
+            )
+    elif (out / "labels").is_dir() and any((out / "labels").iterdir()) and not overwrite:
+        raise OutputFolderError(
+            f"{out}: has a labels/ folder but no segment.json, so it is not a segment run; "
+            "use another --out or pass --overwrite"
+        )
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = dict(previous.get("images", {})) if not overwrite else {}
+    record = {"settings": record_settings, "provenance": provenance(command=command if command is not None else sys.argv), "images": results}
+    result = SegmentRunResult(record_path=record_path)
 
-        def run(img):
-            return segment_classical(img.as_2d(), pixel_size_um=img.pixel_size_um)
-    else:
-        from mechanoscope.segment.network import load_segmentation_model, segment_network
-
-        model = load_segmentation_model(method)
-
-        def run(img):
-            return segment_network(img.as_2d(), pixel_size_um=img.pixel_size_um, model=model)
-
-    done, errors = [], []
-    for k, p in enumerate(paths):
-        target = out / f"{p.name.split('.')[0]}.tif"
-        if target.exists():
-            done.append(target)
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
+            result.errors.append({"file": str(p), "error": msg})
+            results[p.name] = {"image": str(p), "status": "failed", "error": msg}
+            warnings.warn(msg, MechanoscopeWarning, stacklevel=2)
         else:
+            stems[p.stem] = p
+    for k, (stem, path) in enumerate(stems.items()):
+        target = out / "labels" / f"{stem}.tif"
+        if target.is_file() and not overwrite:
+            result.n_skipped += 1
+            result.labels.append(target)
+            results.setdefault(stem, {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done"})
+        else:
+            t0 = time.perf_counter()
             try:
-                img = read_image(p, pixel_size_um=pixel_size_um)
-                write_label_image(target, run(img), pixel_size_um=img.pixel_size_um)
-                done.append(target)
-            except MechanoscopeError as exc:
-                warnings.warn(f"skipped {p}: {exc}", MechanoscopeWarning, stacklevel=2)
-                errors.append({"file": str(p), "error": str(exc)})
+                arr, px = read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame)
+                labels = segment_one(arr, px)
+                write_label_image(target, labels, pixel_size_um=px)
+            except (MechanoscopeError, OSError) as exc:
+                msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                result.errors.append({"file": str(path), "error": msg})
+                results[stem] = {"image": str(path), "status": "failed", "error": msg}
+                warnings.warn(f"skipped {msg}", MechanoscopeWarning, stacklevel=2)
+            else:
+                result.n_done += 1
+                result.labels.append(target)
+                results[stem] = {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done", "n_cells": int(labels.max()), "pixel_size_um": px, "seconds": round(time.perf_counter() - t0, 3)}
+            write_json(record, record_path)
         if progress:
-            progress(k + 1, len(paths))
-    return done, errors
+            progress(k + 1, len(stems), path.name)
+    write_json(record, record_path)
+    return result
