@@ -64,6 +64,14 @@ def render_scene(
     return img.astype(np.float32), truth
 
 
+def assert_three_cells_found(labels: np.ndarray, truth: np.ndarray, min_iou: float) -> None:
+    """Exactly three objects, each true cell matched by its own object with IoU > min_iou."""
+    match = best_iou(labels, truth)
+    assert labels.max() == 3
+    assert min(iou for _, iou in match.values()) > min_iou
+    assert len({pid for pid, _ in match.values()}) == 3
+
+
 def best_iou(labels: np.ndarray, truth: np.ndarray) -> dict[int, tuple[int, float]]:
     """For each true id: (best predicted id, its IoU)."""
     out = {}
@@ -102,10 +110,7 @@ def test_cells_found_and_touching_pair_split(polarity: int, split_method: str) -
 def test_without_halo_both_polarities(polarity: int) -> None:
     img, truth = render_scene(0.5, polarity=polarity, halo=False, seed=3)
     labels = segment_classical(img, pixel_size_um=0.5, config=CFG)
-    match = best_iou(labels, truth)
-    assert labels.max() == 3
-    assert min(iou for _, iou in match.values()) > 0.85
-    assert len({pid for pid, _ in match.values()}) == 3
+    assert_three_cells_found(labels, truth, min_iou=0.85)
 
 
 def test_pair_stays_merged_without_splitting() -> None:
@@ -124,10 +129,7 @@ def test_other_threshold_methods(method: str) -> None:
     img, truth = render_scene(0.5)
     cfg = CFG.model_copy(update={"threshold_method": method})
     labels = segment_classical(img, pixel_size_um=0.5, config=cfg)
-    match = best_iou(labels, truth)
-    assert labels.max() == 3
-    assert min(iou for _, iou in match.values()) > 0.7
-    assert len({pid for pid, _ in match.values()}) == 3
+    assert_three_cells_found(labels, truth, min_iou=0.7)
 
 
 def test_pixel_size_scaling() -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "OutputFolderError",
     "MechanoscopeWarning",
+    "SkippedInputWarning",
 ]
 
 
@@ -44,3 +45,7 @@ class OutputFolderError(MechanoscopeError):
 
 class MechanoscopeWarning(UserWarning):
     """Base class of warnings about data that is usable but suspicious."""
+
+
+class SkippedInputWarning(MechanoscopeWarning):
+    """A batch skipped one input item; the batch also returns and records it as an error."""

@@ -56,12 +56,6 @@ segment_app = typer.Typer(
 )
 
 
-def _load_mapping(path: Path, what: str) -> dict[str, Any]:
-    from mechanoscope.config import read_config_mapping
-
-    return read_config_mapping(path, what)
-
-
 # --------------------------------------------------------------------------- run
 @segment_app.command("run")
 def run(
@@ -103,10 +97,12 @@ def run(
     (method, settings, provenance, per-image status). Re-running skips images whose
     labels exist; a bad image is reported and skipped.
     """
+    from mechanoscope.config import read_config_mapping
+    from mechanoscope.errors import SkippedInputWarning
     from mechanoscope.segment.batch import segment_images
 
     with user_errors():
-        settings = _load_mapping(config, "segmentation settings") if config else {}
+        settings = read_config_mapping(config, "segmentation settings") if config else {}
         flags = {"cell_diameter_um": cell_diameter_um} if method.lower() == "classical" else {
             "tile_size_px": tile_size_px, "tile_overlap_px": tile_overlap_px, "min_cell_area_um2": min_cell_area_um2,
         }
@@ -133,7 +129,7 @@ def run(
     seen = set()
     for w in caught:
         text = str(w.message)
-        if text not in seen and not text.startswith("skipped ") and "another image has the same name" not in text:
+        if text not in seen and not issubclass(w.category, SkippedInputWarning):  # those are listed below
             seen.add(text)
             console.print(f"[yellow]warning:[/yellow] {text}")
     for err in result.errors:
@@ -188,9 +184,9 @@ def train(
     be read are reported and skipped.
     """
     from mechanoscope.cells.extract import pair_images_and_labels
+    from mechanoscope.config import read_config_mapping, validate_mapping
     from mechanoscope.errors import ConfigError, MechanoscopeError
     from mechanoscope.io.images import read_label_image
-    from mechanoscope.config import validate_mapping
     from mechanoscope.learn.model_folder import check_output_folder
     from mechanoscope.segment.batch import read_plane
     from mechanoscope.segment.network import SegmentationTrainConfig, train_segmentation
@@ -199,7 +195,7 @@ def train(
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
 
     with user_errors():
-        base = _load_mapping(config, "training settings") if config else {}
+        base = read_config_mapping(config, "training settings") if config else {}
         if "train_config" in base and "schema_version" in base:  # a model's config.json
             base = dict(base["train_config"])
         try:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mechanoscope.config import validate_mapping
-from mechanoscope.errors import MechanoscopeError, MechanoscopeWarning, OutputFolderError
+from mechanoscope.errors import MechanoscopeError, OutputFolderError, SkippedInputWarning
 
 __all__ = ["segment_images", "SegmentRunResult", "read_plane"]
 
@@ -180,7 +180,7 @@ def segment_images(
             msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
             result.errors.append({"file": str(p), "error": msg})
             results[p.name] = {"image": str(p), "status": "failed", "error": msg}
-            warnings.warn(msg, MechanoscopeWarning, stacklevel=2)
+            warnings.warn(msg, SkippedInputWarning, stacklevel=2)
         else:
             stems[p.stem] = p
     for k, (stem, path) in enumerate(stems.items()):
@@ -199,7 +199,7 @@ def segment_images(
                 msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 result.errors.append({"file": str(path), "error": msg})
                 results[stem] = {"image": str(path), "status": "failed", "error": msg}
-                warnings.warn(f"skipped {msg}", MechanoscopeWarning, stacklevel=2)
+                warnings.warn(f"skipped {msg}", SkippedInputWarning, stacklevel=2)
             else:
                 result.n_done += 1
                 result.labels.append(target)
