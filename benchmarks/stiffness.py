@@ -1,6 +1,7 @@
 """Benchmark of stiffness learning on simulated adherent cells (issue: stiffness models).
 
-Two fixed-seed simulated data sets of bright-field fields of view:
+Two fixed-seed simulated data sets of bright-field fields of view (the regression set in
+phase contrast with ``--regression-modality phase_contrast``):
 
 * **classification**: ``soft`` (median 200 Pa) and ``stiff`` (2 kPa) populations, one
   population per image; CNN vs the gradient-boosting features baseline, both on the
@@ -23,7 +24,8 @@ Two fixed-seed simulated data sets of bright-field fields of view:
 Cells are cut with the TRUE label images so that the figures measure the stiffness
 models, not segmentation (``benchmarks/segment.py`` measures that).
 
-Prints JSON. ``--quick`` runs a small smoke version (~2 min).
+Prints JSON. ``--quick`` runs a small smoke version (~1 min); the full run takes ~75 min
+on two cores (``--threads 1``).
 """
 
 from __future__ import annotations
@@ -112,11 +114,11 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=160, help="fields of view of the classification data set")
     ap.add_argument("--n-images-regression", type=int, default=640, help="fields of view of the regression data set (~4.6 AFM-labelled training cells each)")
     ap.add_argument("--crop-pixels", type=int, default=64, help="crop edge (px) for the 80-µm classification crops")
-    ap.add_argument("--crop-pixels-regression", type=int, default=64, help="crop edge (px) for the 80-µm regression crops")
+    ap.add_argument("--crop-pixels-regression", type=int, default=128, help="crop edge (px) for the 80-µm regression crops (128: about the camera pixel, keeps stress-fibre texture)")
     ap.add_argument("--regression-modality", choices=["brightfield", "phase_contrast"], default="brightfield")
     ap.add_argument("--skip-classification", action="store_true")
     ap.add_argument("--no-learning-curve", action="store_true", help="skip the regression learning curve (1/4, 1/2 of the training images)")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=35)
     ap.add_argument("--ensemble", type=int, default=2, help="deep-ensemble size of the CNN classifier")
     ap.add_argument("--no-tta", action="store_true", help="disable test-time augmentation")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
