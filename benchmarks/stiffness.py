@@ -10,12 +10,13 @@ phase contrast with ``--regression-modality phase_contrast``):
   simulated AFM value (true E × 25 % log-normal error) and the models are trained on
   those noisy values only; APE is computed against the TRUE modulus of held-out images.
   The **oracle** is a gradient-boosting regressor given the simulator's true latent
-  morphology variables (volume, spread area, height, aspect ratio, stress-fibre
-  thickness and ruffle amplitude) of the same training cells with the same noisy
-  labels: the information limit of the data for that training budget.
-* **oracle without volume**: the same regressor given only the latents a defocused
-  bright-field image shows directly (stress-fibre thickness, spread area, aspect ratio,
-  ruffling) but not the cell volume and height, which bright-field barely shows.
+  morphology variables (volume, spread area, height, aspect ratio, fibre and ruffle
+  amplitudes) of the same training cells with the same noisy labels: the information
+  limit of the data for that training budget.
+* **oracle without volume**: the same regressor given only what a bright-field image
+  shows directly: the stress-fibre texture amplitude in µm (relative amplitude × mean
+  height), spread area, aspect ratio and ruffling, but not the cell volume (a hidden
+  nuisance: the simulator's fibre modulation is relative to the local height).
 * **learning curve** (regression): the CNN and the oracle retrained on 1/4 and 1/2 of
   the training images (same validation, calibration and test images), so that a lab
   can see how the error falls with the number of AFM-measured cells.
@@ -46,8 +47,8 @@ from mechanoscope.learn.predict import load_stiffness_model, predict_cells
 from mechanoscope.learn.train import train_model
 from mechanoscope.simulate import AdherentConfig, simulate_adherent
 
-OBSERVABLE_LATENTS = ["fibre_thickness_um", "spread_area_um2", "aspect_ratio_latent", "ruffle_amplitude"]
-LATENTS = ["volume_um3", "spread_area_um2", "mean_height_um", "aspect_ratio_latent", "fibre_thickness_um", "ruffle_amplitude"]
+OBSERVABLE_LATENTS = ["fibre_texture_um", "spread_area_um2", "aspect_ratio_latent", "ruffle_amplitude"]
+LATENTS = ["volume_um3", "spread_area_um2", "mean_height_um", "aspect_ratio_latent", "fibre_amplitude", "ruffle_amplitude"]
 CROP_UM = 80.0
 
 
@@ -60,6 +61,7 @@ def make_run(root: Path, config: AdherentConfig, seed: int, crop_pixels: int = 6
     afm = pd.read_parquet(sim / "afm.parquet").rename(columns={"truth_cell_id": "cell_id", "measured_stiffness_pa": "afm_stiffness_pa"})
     cells = cells.merge(truth[["image_id", "cell_id", "label", "stiffness_pa"] + LATENTS], on=["image_id", "cell_id"], how="left")
     cells = cells.merge(afm[["image_id", "cell_id", "afm_stiffness_pa"]], on=["image_id", "cell_id"], how="left")
+    cells["fibre_texture_um"] = cells["fibre_amplitude"] * cells["mean_height_um"]
     cells.to_parquet(run / "cells.parquet", index=False)
     return run
 

@@ -18,14 +18,8 @@ mean of the soft and stiff medians by default) the cell's shape follows:
   its integral equals V exactly.
 * **Polarisation**: aspect ratio ``1 + ar_base·10^(polarisation_coupling·x)·ε_P``
   — tensed cells elongate along their stress fibres.
-* **Stress-fibre texture**: an oriented fine height modulation (actin bundles
-  parallel to the long axis) of RMS thickness
-  ``fibre_thickness_um·10^(fibre_coupling·x)·ε_F`` (µm), added to the dome. The
-  thickness is absolute: a bundle's optical path is set by its own diameter, not
-  by the height of the cell around it, so the texture an image shows measures the
-  fibres directly. (An earlier model made the modulation relative to the local
-  height, which confounded fibre strength with the cell's volume — a quantity
-  defocused bright-field barely shows.)
+* **Stress-fibre texture**: an oriented fine height modulation (fibres parallel to
+  the long axis) of relative amplitude ``fibre_base·10^(fibre_coupling·x)·ε_F``.
 * **Edge ruffling**: the outline radius carries random harmonics (orders 3–16) of
   relative RMS amplitude ``ruffle_base·10^(−ruffle_coupling·x)·ε_R``; soft cells
   with little cortical tension have ruffled, blebby edges, stiff cells smooth ones.
@@ -111,9 +105,9 @@ class MorphologyCouplings(StrictConfig):
     ar_base: float = Field(0.45, ge=0, le=5, description="Aspect ratio − 1 at E_ref.")
     polarisation_coupling: float = Field(0.22, ge=-2, le=2, description="d log10(aspect ratio − 1) / d log10(E).")
     polarisation_noise_ln: float = Field(0.55, ge=0, le=3, description="Spread of ln(aspect ratio − 1).")
-    fibre_thickness_um: float = Field(0.11, ge=0, le=2, description="RMS height modulation of the stress-fibre bundles at E_ref (µm).")
-    fibre_coupling: float = Field(0.9, ge=-3, le=3, description="d log10(fibre thickness) / d log10(E).")
-    fibre_noise_ln: float = Field(0.25, ge=0, le=3, description="Spread of ln(fibre thickness).")
+    fibre_base: float = Field(0.07, ge=0, le=1, description="Relative stress-fibre height modulation at E_ref.")
+    fibre_coupling: float = Field(0.9, ge=-3, le=3, description="d log10(fibre amplitude) / d log10(E).")
+    fibre_noise_ln: float = Field(0.25, ge=0, le=3, description="Spread of ln(fibre amplitude).")
     ruffle_base: float = Field(0.035, ge=0, le=0.3, description="Relative RMS edge ruffling at E_ref.")
     ruffle_coupling: float = Field(0.20, ge=-3, le=3, description="−d log10(ruffle amplitude) / d log10(E) (positive: soft cells ruffled).")
     ruffle_noise_ln: float = Field(0.5, ge=0, le=3, description="Spread of ln(ruffle amplitude).")
@@ -228,7 +222,7 @@ def _draw_latents(E: float, c: MorphologyCouplings, rng: np.random.Generator) ->
     V = c.volume_median_um3 * np.exp(c.volume_noise_ln * rng.standard_normal())
     A = c.area_ref_um2 * (V / c.volume_median_um3) ** (2 / 3) * 10 ** (c.area_coupling * x) * np.exp(c.area_noise_ln * rng.standard_normal())
     ar = 1 + c.ar_base * 10 ** (c.polarisation_coupling * x) * np.exp(c.polarisation_noise_ln * rng.standard_normal())
-    fibre_um = c.fibre_thickness_um * 10 ** (c.fibre_coupling * x) * np.exp(c.fibre_noise_ln * rng.standard_normal())
+    fibre = c.fibre_base * 10 ** (c.fibre_coupling * x) * np.exp(c.fibre_noise_ln * rng.standard_normal())
     ruffle = c.ruffle_base * 10 ** (-c.ruffle_coupling * x) * np.exp(c.ruffle_noise_ln * rng.standard_normal())
     return {
         "stiffness_pa": float(E),
@@ -236,7 +230,7 @@ def _draw_latents(E: float, c: MorphologyCouplings, rng: np.random.Generator) ->
         "spread_area_um2": float(A),
         "mean_height_um": float(V / A),
         "aspect_ratio_latent": float(min(ar, 6.0)),
-        "fibre_thickness_um": float(min(fibre_um, 1.0)),
+        "fibre_amplitude": float(min(fibre, 0.6)),
         "ruffle_amplitude": float(min(ruffle, 0.15)),
         "orientation_rad": float(rng.uniform(0, np.pi)),
         "nucleus_radius_um": float(c.nucleus_radius_um * np.exp(0.15 * rng.standard_normal())),
@@ -293,13 +287,9 @@ def render_cell(latents: dict[str, float], pixel_size_um: float, couplings: Morp
     dn = np.hypot((dy - ny_c), (dx - nx_c)) / rn
     nucleus = np.where(dn < 1, np.sqrt(np.clip(1 - dn**2, 0, None)), 0.0) * couplings.nucleus_height_fraction
     height = (dome + nucleus * mask) * mask
-    total = height.sum() * pixel_size_um**2
-    if total > 0:
-        height *= latents["volume_um3"] / total
-    # stress fibres: noise filtered into long thin streaks along the long axis, of
-    # absolute RMS thickness (µm); the cell never thins below 20 % of its dome
-    fibre_um = latents["fibre_thickness_um"]
-    if fibre_um > 0 and mask.any():
+    # stress fibres: noise filtered into long thin streaks along the long axis
+    fibre = latents["fibre_amplitude"]
+    if fibre > 0 and mask.any():
         noise = rng.standard_normal((size, size))
         sig_long = 6.0 / pixel_size_um
         sig_thin = 0.7 / pixel_size_um
@@ -307,10 +297,10 @@ def render_cell(latents: dict[str, float], pixel_size_um: float, couplings: Morp
         streaks = ndi.rotate(streaks, -np.degrees(theta0), reshape=False, order=1, mode="reflect")
         s = streaks[mask]
         streaks = (streaks - s.mean()) / max(s.std(), 1e-12)
-        height = np.where(mask, np.maximum(height + fibre_um * streaks, 0.2 * height), 0.0)
-        total = height.sum() * pixel_size_um**2
-        if total > 0:  # clipping added a little: restore the volume exactly
-            height *= latents["volume_um3"] / total
+        height = height * np.clip(1 + fibre * streaks, 0.2, None)
+    total = height.sum() * pixel_size_um**2
+    if total > 0:
+        height *= latents["volume_um3"] / total
     return height, mask, (cy, cx)
 
 
