@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--no-learning-curve", action="store_true", help="skip the regression learning curve (1/4, 1/2 of the training images)")
     ap.add_argument("--epochs", type=int, default=35)
     ap.add_argument("--ensemble", type=int, default=2, help="deep-ensemble size of the CNN classifier")
+    ap.add_argument("--ensemble-regression", type=int, default=1, help="deep-ensemble size of the CNN regressor (also in the learning curve)")
     ap.add_argument("--no-tta", action="store_true", help="disable test-time augmentation")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -180,7 +181,8 @@ def _regression(args, root: Path, n_images_reg: int, common: dict, out: dict) ->
     run_r = make_run(root / "reg", sim_cfg, args.seed + 1, args.crop_pixels_regression)
     out["regression_data_seconds"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    reg = train_model(run_r, TrainConfig.build(target="afm_stiffness_pa", **common), root / "m_reg", overwrite=True)
+    out["regressor_ensemble_size"] = args.ensemble_regression
+    reg = train_model(run_r, TrainConfig.build(target="afm_stiffness_pa", ensemble_size=args.ensemble_regression, **common), root / "m_reg", overwrite=True)
     train_reg_s = time.perf_counter() - t
     reg_feat = train_model(run_r, TrainConfig.build(target="afm_stiffness_pa", model_type="features", split_from=str(reg.model_dir), **common), root / "m_reg_feat", overwrite=True)
     data_r = load_run(run_r)
@@ -219,7 +221,7 @@ def _regression(args, root: Path, n_images_reg: int, common: dict, out: dict) ->
         "targets": {"cnn_over_oracle_max": 1.2, "coverage_range": [0.88, 0.92]},
     }
     if not args.no_learning_curve:
-        curve = _learning_curve(data_r, reg, common, root, args.seed)
+        curve = _learning_curve(data_r, reg, {**common, "ensemble_size": args.ensemble_regression}, root, args.seed)
         curve.append({"training_fraction": 1.0, "training_cells": reg.metrics["n_cells"]["train"], "cnn_vs_true_E": cnn_ape, "oracle_vs_true_E": oracle_ape, "cnn_over_oracle_mean_ape": out["regression"]["cnn_over_oracle_mean_ape"], "cnn_training_seconds": round(train_reg_s, 1)})
         out["regression_learning_curve"] = curve
 

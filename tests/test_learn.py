@@ -103,6 +103,8 @@ def test_save_load_gives_identical_predictions_and_matches_metrics(trained_class
     test = (trained_classifier.split == "test").to_numpy()
     auc = roc_auc_score(data.table.label[test] == "stiff", a.pred_prob_stiff[test])
     assert auc == pytest.approx(trained_classifier.metrics["test"]["auc"], abs=1e-6)
+    aug = json.loads((trained_classifier.model_dir / "config.json").read_text())["train_config"]["augment"]
+    assert (aug["intensity_scale"], aug["gamma"], aug["blur_sigma_px"]) == (0.15, 0.15, 0.7)  # classification defaults
     files = {p.name for p in trained_classifier.model_dir.iterdir()}
     assert {"config.json", "weights.safetensors", "normalization.json", "metrics.json", "provenance.json", "MODEL_CARD.md", "training_log.csv", "split.json"} <= files
 
@@ -123,6 +125,9 @@ def test_regression_ensemble_with_conformal_intervals(toy_run, tmp_path):
     cfg = json.loads((res.model_dir / "config.json").read_text())
     assert cfg["task"] == "regression" and cfg["target_unit"] == "Pa" and cfg["log_target"]
     assert cfg["conformal_scaled"] is True
+    # regression trains without photometric changes; the model folder records what was used
+    aug = cfg["train_config"]["augment"]
+    assert (aug["intensity_scale"], aug["gamma"], aug["blur_sigma_px"]) == (0.0, 0.0, 0.0) and aug["rotate90_flip"]
     data = load_run(toy_run)
     pred = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     assert {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd"} <= set(pred.columns)
@@ -287,7 +292,7 @@ def test_augmentation_is_reproducible_and_keeps_masks_binary():
     from mechanoscope.learn.config import AugmentConfig
 
     x = _texture_batch()
-    cfg = AugmentConfig(affine_degrees=20, affine_scale=0.1, affine_translate_fraction=0.05)
+    cfg = AugmentConfig(affine_degrees=20, affine_scale=0.1, affine_translate_fraction=0.05).for_task("classification")
     a = augment_batch(x, cfg, torch.Generator().manual_seed(3))
     b = augment_batch(x, cfg, torch.Generator().manual_seed(3))
     c = augment_batch(x, cfg, torch.Generator().manual_seed(4))
@@ -316,6 +321,26 @@ def test_default_augmentation_is_exact_geometry_and_keeps_texture():
     inner = x[:, 1] > 0
     assert float(z[:, 0][inner].var()) < 0.8 * float(x[:, 0][inner].var())
     # photometric defaults never touch the mask channel
-    full = augment_batch(x, AugmentConfig(rotate90_flip=False), torch.Generator().manual_seed(1))
+    full = augment_batch(x, AugmentConfig(rotate90_flip=False).for_task("classification"), torch.Generator().manual_seed(1))
     assert torch.equal(full[:, 1], x[:, 1])
     assert not torch.equal(full[:, 0], x[:, 0])
+
+
+def test_regression_augmentation_keeps_the_contrast_amplitude():
+    """Task defaults: regression leaves the intensity values exact (dihedral views + noise only)."""
+    import torch
+
+    from mechanoscope.learn.augment import augment_batch
+    from mechanoscope.learn.config import AugmentConfig
+
+    x = _texture_batch(n=32)
+    reg = AugmentConfig(noise_std=0).for_task("regression")
+    y = augment_batch(x, reg, torch.Generator().manual_seed(0))
+    # per crop the sorted intensities are unchanged: amplitude and texture exactly kept
+    assert torch.equal(torch.sort(y[:, 0].flatten(1), 1).values, torch.sort(x[:, 0].flatten(1), 1).values)
+    cls = augment_batch(x, AugmentConfig(noise_std=0).for_task("classification"), torch.Generator().manual_seed(0))
+    assert not torch.equal(torch.sort(cls[:, 0].flatten(1), 1).values, torch.sort(x[:, 0].flatten(1), 1).values)
+    # explicit values win over the task default; unresolved settings are refused
+    assert AugmentConfig(gamma=0.3).for_task("regression").gamma == 0.3
+    with pytest.raises(ValueError, match="for_task"):
+        augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(0))

@@ -21,7 +21,13 @@ def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, intensity_channel: int | None = 0) -> torch.Tensor:
-    """Return an augmented copy of ``x``; randomness only from ``gen`` (reproducible)."""
+    """Return an augmented copy of ``x``; randomness only from ``gen`` (reproducible).
+
+    ``cfg`` must have its task defaults filled in (:meth:`AugmentConfig.for_task`).
+    """
+    unresolved = [k for k in ("intensity_scale", "gamma", "blur_sigma_px") if getattr(cfg, k) is None]
+    if unresolved:
+        raise ValueError(f"augmentation settings {unresolved} are None (task default); resolve them with AugmentConfig.for_task(task) first")
     x = x.clone()
     b = x.shape[0]
     if cfg.rotate90_flip:

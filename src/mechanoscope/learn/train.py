@@ -137,6 +137,7 @@ def train_networks(
         def val_loss_fn(out, y):
             return torch.nn.functional.mse_loss(out[:, 0], y)
 
+    augment = config.augment.for_task(task)
     t_start = time.perf_counter()
     total_epochs = config.epochs * config.ensemble_size
     for member in range(config.ensemble_size):
@@ -155,7 +156,7 @@ def train_networks(
                 idx = perm[sl]
                 if len(idx) < 2:
                     continue
-                xb = augment_batch(xt[idx], config.augment, gen)
+                xb = augment_batch(xt[idx], augment, gen)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(net(xb), yt[idx])
                 loss.backward()
@@ -299,6 +300,8 @@ def train_model(
     data = run_dir if isinstance(run_dir, TrainingData) else load_run(run_dir, with_crops=config.model_type == "cnn")
     table = data.table.reset_index(drop=True)
     task = resolve_task(table, config.target, config.task)
+    # record the augmentation actually used (task defaults filled in)
+    config = config.model_copy(update={"augment": config.augment.for_task(task)})
     usable, classes = check_target(table, config.target, task, min_cells_per_class=config.min_cells_per_class)
     if config.qc_only and "qc_pass" in table.columns:
         usable = usable & table["qc_pass"].fillna(False).to_numpy(dtype=bool)
