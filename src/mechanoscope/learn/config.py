@@ -61,7 +61,7 @@ class TrainConfig(StrictConfig):
     batch_size: int = Field(64, ge=1, le=4096, description="Crops per batch.")
     learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate (cosine-annealed).")
     weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay.")
-    patience: int = Field(10, ge=1, le=1000, description="Early stopping: epochs without improvement of the validation loss (counted only after 60 % of the epochs, when the learning rate has annealed; the best epoch is kept in any case).")
+    patience: int = Field(10, ge=1, le=1000, description="Early stopping: epochs without improvement of the validation loss, counted only after 60 % of the epochs, when the one-cycle learning rate anneals (so training never stops before 60 % of the epochs + patience); the best epoch is kept in any case.")
     group_column: str = Field("image_id", description="Cells sharing a value of this column (image, well, experiment) are never split across train/val/test.")
     val_fraction: float = Field(0.15, ge=0, lt=0.5, description="Fraction of groups for validation (early stopping).")
     calibration_fraction: float = Field(0.15, ge=0, lt=0.5, description="Fraction of groups for calibration (temperature scaling, conformal intervals).")

@@ -30,7 +30,7 @@ from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import TrainingData, check_target, group_split, load_run, normalise_crops, resolve_task
 from mechanoscope.learn.uncertainty import conformal_quantile, expected_calibration_error, fit_temperature, softmax_t
 
-__all__ = ["train_model", "train_networks", "TrainResult", "ProgressFn"]
+__all__ = ["train_model", "train_networks", "EarlyStopping", "TrainResult", "ProgressFn"]
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total)."""
@@ -147,7 +147,8 @@ def train_networks(
         net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]))
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
-        best, best_state, stale = np.inf, copy.deepcopy(net.state_dict()), 0
+        best_state = copy.deepcopy(net.state_dict())
+        stopper = EarlyStopping(config.epochs, config.patience)
         for epoch in range(config.epochs):
             net.train()
             perm = torch.randperm(len(xt), generator=gen)
@@ -176,13 +177,12 @@ def train_networks(
                 else:
                     val, val_acc = tot / max(count, 1), float("nan")
             rows.append({"member": member, "epoch": epoch + 1, "train_loss": tot / max(count, 1), "val_loss": val, "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t_start, 2)})
-            if val < best - 1e-6:
-                best, best_state, stale = val, copy.deepcopy(net.state_dict()), 0
-            else:
-                stale += 1
+            improved, stop = stopper.update(val)
+            if improved:
+                best_state = copy.deepcopy(net.state_dict())
             if progress:
                 progress(f"training network {member + 1}/{config.ensemble_size}", member * config.epochs + epoch + 1, total_epochs)
-            if stale >= config.patience and epoch + 1 >= int(0.6 * config.epochs):
+            if stop:
                 break
             if config.max_train_seconds and time.perf_counter() - t_start > config.max_train_seconds * (member + 1) / config.ensemble_size:
                 break
@@ -190,6 +190,32 @@ def train_networks(
         net.eval()
         nets.append(net)
     return nets, pd.DataFrame(rows)
+
+
+class EarlyStopping:
+    """Keep the best epoch; stop after ``patience`` epochs without improvement.
+
+    Epochs without improvement are counted only after 60 % of the epochs: before that
+    the one-cycle learning rate is still high and the validation loss noisy, and a
+    lucky early epoch must not end training before the rate has annealed.
+    """
+
+    def __init__(self, epochs: int, patience: int) -> None:
+        self.anneal_start = int(0.6 * epochs)
+        self.patience = patience
+        self.best = np.inf
+        self.stale = 0
+        self.epoch = 0
+
+    def update(self, val_loss: float) -> tuple[bool, bool]:
+        """Record one epoch's validation loss; returns (improved, stop)."""
+        self.epoch += 1
+        improved = val_loss < self.best - 1e-6
+        if improved:
+            self.best, self.stale = val_loss, 0
+        elif self.epoch > self.anneal_start:
+            self.stale += 1
+        return improved, self.stale >= self.patience
 
 
 def _class_weights(y: np.ndarray, n: int) -> np.ndarray:
