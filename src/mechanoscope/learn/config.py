@@ -33,11 +33,7 @@ class AugmentConfig(StrictConfig):
         true modulus from 31.3 % to 30.0 % (``benchmarks/stiffness.py``).
         """
         defaults = _PHOTOMETRIC_DEFAULTS["regression" if task == "regression" else "classification"]
-        values = self.model_dump()
-        for key, value in defaults.items():
-            if values[key] is None:
-                values[key] = value
-        return AugmentConfig(**values)
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 _PHOTOMETRIC_DEFAULTS = {
