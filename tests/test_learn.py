@@ -241,16 +241,17 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece():
     assert expected_calibration_error(softmax(overconfident / t, 1), y) < expected_calibration_error(softmax(overconfident, 1), y)
 
 
-def test_test_time_augmentation_makes_predictions_rotation_invariant(toy_run, tmp_path):
-    res = train_model(toy_run, _cfg(epochs=1, tta=True), tmp_path / "tta")
+def test_test_time_augmentation_makes_predictions_rotation_invariant(toy_run, trained_classifier, tmp_path):
+    res = train_model(toy_run, _cfg(epochs=4, learning_rate=5e-3, tta=True), tmp_path / "tta")
     data = load_run(toy_run)
     model = load_stiffness_model(res.model_dir)
     a = predict_cells(model, data.table, data.crops, channels=data.channels, attrs=data.attrs)
     rotated = np.ascontiguousarray(np.rot90(data.crops, 1, axes=(2, 3)))
     b = predict_cells(model, data.table, rotated, channels=data.channels, attrs=data.attrs)
+    assert a.pred_prob_stiff.max() - a.pred_prob_stiff.min() > 0.2  # a model that tells cells apart, not a constant
     tta_diff = np.abs(a.pred_prob_stiff - b.pred_prob_stiff).max()
     assert tta_diff < 1e-6
-    plain = load_stiffness_model(train_model(toy_run, _cfg(epochs=1), tmp_path / "plain").model_dir)
+    plain = load_stiffness_model(trained_classifier.model_dir)  # trained without TTA
     c = predict_cells(plain, data.table, data.crops, channels=data.channels, attrs=data.attrs)
     d = predict_cells(plain, data.table, rotated, channels=data.channels, attrs=data.attrs)
     assert np.abs(c.pred_prob_stiff - d.pred_prob_stiff).max() > 10 * max(tta_diff, 1e-6)  # without TTA it is not
@@ -261,7 +262,7 @@ def test_fine_pixel_crops_get_a_stem_and_round_trip(tmp_path):
 
     small = CompactCNN(2, 1, width=8, input_pixels=64)
     big = CompactCNN(2, 1, width=8, input_pixels=128)
-    pools = [sum(isinstance(m, __import__("torch").nn.MaxPool2d) for m in net.features) for net in (small, big)]
+    pools = [sum(isinstance(m, __import__("torch").nn.AvgPool2d) for m in net.features) for net in (small, big)]
     assert pools == [4, 5]  # one extra 2× reduction for 2× finer crops
     run = _toy_run(tmp_path / "run128", n_images=8, per_image=8, crop_px=128)
     res = train_model(run, _cfg(epochs=2, test_fraction=0.25), tmp_path / "m128")
@@ -273,6 +274,38 @@ def test_fine_pixel_crops_get_a_stem_and_round_trip(tmp_path):
     again = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     np.testing.assert_array_equal(pred.pred_prob_stiff.to_numpy(), again.pred_prob_stiff.to_numpy())
     assert pred.pred_prob_stiff.between(0, 1).all()
+
+
+def test_pooling_is_recorded_and_old_folders_load_with_max_pooling(toy_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from mechanoscope.errors import ConfigError
+    from mechanoscope.learn.networks import CompactCNN
+
+    assert all(not isinstance(m, torch.nn.MaxPool2d) for m in CompactCNN(2, 1, width=8).features)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in CompactCNN(2, 1, width=8, pooling="max").features) == 4
+    with pytest.raises(ConfigError, match="pooling"):
+        CompactCNN(2, 1, pooling="median")
+    res = train_model(toy_run, _cfg(epochs=1, pooling="max"), tmp_path / "m_max")
+    assert json.loads((res.model_dir / "config.json").read_text())["pooling"] == "max"
+    data = load_run(toy_run)
+
+    def probs(folder):
+        return predict_cells(load_stiffness_model(folder), data.table, data.crops, channels=data.channels, attrs=data.attrs).pred_prob_stiff.to_numpy()
+
+    reference = probs(res.model_dir)
+    # a folder written before the option existed has no "pooling" key: it was a max-pool network
+    old = tmp_path / "old"
+    shutil.copytree(res.model_dir, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["pooling"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    np.testing.assert_array_equal(probs(old), reference)
+    cfg["pooling"] = "avg"  # the key is what decides: the same weights under average pooling predict otherwise
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert np.abs(probs(old) - reference).max() > 1e-4
 
 
 def _texture_batch(n: int = 16, px: int = 32, seed: int = 0):

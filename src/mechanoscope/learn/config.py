@@ -50,6 +50,7 @@ class TrainConfig(StrictConfig):
     model_type: Literal["cnn", "features"] = Field("cnn", description="cnn on crops, or gradient boosting on the morphology table (baseline).")
     architecture: Literal["compact", "resnet", "densenet", "efficientnet"] = Field("compact", description="CNN architecture (MONAI networks are trained from scratch).")
     width: int = Field(16, ge=4, le=256, description="Base width of the compact CNN.")
+    pooling: Literal["avg", "max"] = Field("avg", description="Downsampling of the compact CNN: 2×2 averages (default; estimates faint texture with less noise) or 2×2 maxima (the network of model folders written before this option).")
     loss: Literal["mse", "gaussian"] = Field("mse", description="Regression loss: MSE on the (log) target as in the paper, or heteroscedastic Gaussian NLL.")
     log_target: bool = Field(True, description="Regression on log10 of the target (always for *_pa columns).")
     channels: list[str] = Field(default_factory=lambda: ["intensity", "mask"], description="Crop channels fed to the network.")

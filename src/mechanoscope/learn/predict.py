@@ -67,7 +67,7 @@ def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
             sd = {name[len(prefix):]: t for name, t in mf.state_dict.items() if name.startswith(prefix)}
             if not sd:
                 raise MechanoscopeError(f"{folder}: weights of ensemble member {k} are missing from weights.safetensors; the folder is damaged — copy it again or retrain")
-            net = build_network(cfg["architecture"], int(cfg["in_channels"]), int(cfg["n_outputs"]), width=int(cfg.get("width", 24)), input_pixels=int(cfg.get("crop_pixels", 64)))
+            net = build_network(cfg["architecture"], int(cfg["in_channels"]), int(cfg["n_outputs"]), width=int(cfg.get("width", 24)), input_pixels=int(cfg.get("crop_pixels", 64)), pooling=str(cfg.get("pooling", "max")))
             try:
                 net.load_state_dict(sd)
             except RuntimeError as exc:

@@ -144,7 +144,7 @@ def train_networks(
         seed = config.seed * 1000 + member
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]))
+        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling)
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
         best_state = copy.deepcopy(net.state_dict())
@@ -408,6 +408,7 @@ def train_model(
         cfg_out.update({
             "architecture": config.architecture,
             "width": config.width,
+            "pooling": config.pooling,
             "n_outputs": n_out,
             "in_channels": len(channels),
             "channels": channels,
