@@ -128,6 +128,7 @@ def test_regression_ensemble_with_conformal_intervals(toy_run, tmp_path):
     # regression trains without photometric changes; the model folder records what was used
     aug = cfg["train_config"]["augment"]
     assert (aug["intensity_scale"], aug["gamma"], aug["blur_sigma_px"]) == (0.0, 0.0, 0.0) and aug["rotate90_flip"]
+    assert cfg["pooling"] == cfg["train_config"]["pooling"] == "avg"  # the regression default
     data = load_run(toy_run)
     pred = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     assert {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd"} <= set(pred.columns)
@@ -276,7 +277,7 @@ def test_fine_pixel_crops_get_a_stem_and_round_trip(tmp_path):
     assert pred.pred_prob_stiff.between(0, 1).all()
 
 
-def test_pooling_is_recorded_and_old_folders_load_with_max_pooling(toy_run, tmp_path):
+def test_pooling_is_recorded_and_old_folders_load_with_max_pooling(toy_run, trained_classifier, tmp_path):
     import shutil
 
     import torch
@@ -285,11 +286,14 @@ def test_pooling_is_recorded_and_old_folders_load_with_max_pooling(toy_run, tmp_
     from mechanoscope.learn.networks import CompactCNN
 
     assert all(not isinstance(m, torch.nn.MaxPool2d) for m in CompactCNN(2, 1, width=8).features)
+    # "auto" resolves per task: the classifier keeps max-pooling
+    cls_cfg = json.loads((trained_classifier.model_dir / "config.json").read_text())
+    assert cls_cfg["pooling"] == cls_cfg["train_config"]["pooling"] == "max"
+    assert TrainConfig.build(target="x", pooling="avg").pooling_for("classification") == "avg"
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in CompactCNN(2, 1, width=8, pooling="max").features) == 4
     with pytest.raises(ConfigError, match="pooling"):
         CompactCNN(2, 1, pooling="median")
-    res = train_model(toy_run, _cfg(epochs=1, pooling="max"), tmp_path / "m_max")
-    assert json.loads((res.model_dir / "config.json").read_text())["pooling"] == "max"
+    res = trained_classifier
     data = load_run(toy_run)
 
     def probs(folder):

@@ -50,7 +50,7 @@ class TrainConfig(StrictConfig):
     model_type: Literal["cnn", "features"] = Field("cnn", description="cnn on crops, or gradient boosting on the morphology table (baseline).")
     architecture: Literal["compact", "resnet", "densenet", "efficientnet"] = Field("compact", description="CNN architecture (MONAI networks are trained from scratch).")
     width: int = Field(16, ge=4, le=256, description="Base width of the compact CNN.")
-    pooling: Literal["avg", "max"] = Field("avg", description="Downsampling of the compact CNN: 2×2 averages (default; estimates faint texture with less noise) or 2×2 maxima (the network of model folders written before this option).")
+    pooling: Literal["auto", "avg", "max"] = Field("auto", description="Downsampling of the compact CNN: 2×2 averages or 2×2 maxima. auto = the task's default: avg for regression (estimates the amplitude of faint texture with less noise), max for classification (the network of model folders written before this option).")
     loss: Literal["mse", "gaussian"] = Field("mse", description="Regression loss: MSE on the (log) target as in the paper, or heteroscedastic Gaussian NLL.")
     log_target: bool = Field(True, description="Regression on log10 of the target (always for *_pa columns).")
     channels: list[str] = Field(default_factory=lambda: ["intensity", "mask"], description="Crop channels fed to the network.")
@@ -74,6 +74,17 @@ class TrainConfig(StrictConfig):
     seed: int = Field(0, description="Seed of splits, initialisation, shuffling and augmentation.")
     num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
     max_train_seconds: float | None = Field(None, gt=0, description="Stop training after this many seconds (keeps the best epoch so far).")
+
+    def pooling_for(self, task: str) -> str:
+        """The compact CNN's downsampling for ``task``: ``pooling`` unless it is ``"auto"``.
+
+        On the benchmark (``benchmarks/stiffness.py``) averaging lowered the regression
+        mean APE against the true modulus from 30.0 to 29.2 % (seed 0; 28.8 to 28.6 % on
+        seed 1) but cost the classifier (AUC 0.998 → 0.996, F1 0.986 → 0.979).
+        """
+        if self.pooling != "auto":
+            return self.pooling
+        return "avg" if task == "regression" else "max"
 
     @model_validator(mode="after")
     def _fractions(self) -> "TrainConfig":

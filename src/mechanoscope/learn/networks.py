@@ -28,7 +28,8 @@ class CompactCNN(nn.Module):
     rectified filter responses estimates the energy of faint texture (stress fibres)
     with less noise than taking their maximum: on the benchmark's bright-field
     regression set it lowered the mean APE against the true modulus from 30.0 % to
-    29.2 % and trained 10 % faster (``benchmarks/stiffness.py``).
+    29.2 % and trained 10 % faster, while the classifier did better with maxima
+    (:meth:`TrainConfig.pooling_for` picks per task; ``benchmarks/stiffness.py``).
     At ``width=16`` on 64×64 crops: ~0.4 M parameters, ~15 M multiply-adds per crop.
 
     Crops larger than 64 px (finer pixels, e.g. 128 px for texture such as stress

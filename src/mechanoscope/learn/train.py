@@ -144,7 +144,7 @@ def train_networks(
         seed = config.seed * 1000 + member
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling)
+        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling_for(task))
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
         best_state = copy.deepcopy(net.state_dict())
@@ -326,8 +326,8 @@ def train_model(
     data = run_dir if isinstance(run_dir, TrainingData) else load_run(run_dir, with_crops=config.model_type == "cnn")
     table = data.table.reset_index(drop=True)
     task = resolve_task(table, config.target, config.task)
-    # record the augmentation actually used (task defaults filled in)
-    config = config.model_copy(update={"augment": config.augment.for_task(task)})
+    # record the augmentation and pooling actually used (task defaults filled in)
+    config = config.model_copy(update={"augment": config.augment.for_task(task), "pooling": config.pooling_for(task)})
     usable, classes = check_target(table, config.target, task, min_cells_per_class=config.min_cells_per_class)
     if config.qc_only and "qc_pass" in table.columns:
         usable = usable & table["qc_pass"].fillna(False).to_numpy(dtype=bool)
@@ -408,7 +408,7 @@ def train_model(
         cfg_out.update({
             "architecture": config.architecture,
             "width": config.width,
-            "pooling": config.pooling,
+            "pooling": config.pooling_for(task),
             "n_outputs": n_out,
             "in_channels": len(channels),
             "channels": channels,
