@@ -310,6 +310,10 @@ def test_pooling_is_recorded_and_old_folders_load_with_max_pooling(toy_run, trai
     cfg["pooling"] = "avg"  # the key is what decides: the same weights under average pooling predict otherwise
     (old / "config.json").write_text(json.dumps(cfg))
     assert np.abs(probs(old) - reference).max() > 1e-4
+    cfg["pooling"] = "median"
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MechanoscopeError, match=r"old.*median"):
+        load_stiffness_model(old)
 
 
 def _texture_batch(n: int = 16, px: int = 32, seed: int = 0):

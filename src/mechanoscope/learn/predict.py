@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from mechanoscope.errors import MechanoscopeError
+from mechanoscope.errors import ConfigError, MechanoscopeError
 
 __all__ = ["StiffnessModel", "load_stiffness_model", "predict_cells"]
 
@@ -67,7 +67,10 @@ def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
             sd = {name[len(prefix):]: t for name, t in mf.state_dict.items() if name.startswith(prefix)}
             if not sd:
                 raise MechanoscopeError(f"{folder}: weights of ensemble member {k} are missing from weights.safetensors; the folder is damaged — copy it again or retrain")
-            net = build_network(cfg["architecture"], int(cfg["in_channels"]), int(cfg["n_outputs"]), width=int(cfg.get("width", 24)), input_pixels=int(cfg.get("crop_pixels", 64)), pooling=str(cfg.get("pooling", "max")))
+            try:
+                net = build_network(cfg["architecture"], int(cfg["in_channels"]), int(cfg["n_outputs"]), width=int(cfg.get("width", 24)), input_pixels=int(cfg.get("crop_pixels", 64)), pooling=str(cfg.get("pooling", "max")))
+            except ConfigError as exc:
+                raise MechanoscopeError(f"{folder}: config.json describes a network this version cannot build ({exc}); the folder is damaged or was edited") from exc
             try:
                 net.load_state_dict(sd)
             except RuntimeError as exc:
