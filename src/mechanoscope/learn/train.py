@@ -408,7 +408,7 @@ def train_model(
         cfg_out.update({
             "architecture": config.architecture,
             "width": config.width,
-            "pooling": config.pooling_for(task),
+            "pooling": config.pooling,  # resolved for the task above
             "n_outputs": n_out,
             "in_channels": len(channels),
             "channels": channels,
