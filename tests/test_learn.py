@@ -409,3 +409,75 @@ def test_early_stopping_waits_for_the_annealed_learning_rate():
     stopper = EarlyStopping(epochs=20, patience=3)
     stops = [stopper.update(1.0 if e == 0 else 2.0)[1] for e in range(20)]
     assert stops.index(True) + 1 == 12 + 3
+
+
+def test_refit_pass_repeats_the_selected_epoch_exactly():
+    """keep_epochs=[b] reproduces, weight for weight, the network early stopping kept at epoch b."""
+    import torch
+
+    from mechanoscope.learn.train import best_epochs, train_networks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 2, 16, 16)).astype(np.float32)
+    y = (x[:, 0].mean((1, 2)) * 4 + rng.normal(0, 0.1, 96)).astype(np.float32)
+    cfg = _cfg(target="v", epochs=6, width=4, batch_size=16)
+    nets, log = train_networks(x[:64], y[:64], x[64:], y[64:], task="regression", n_outputs=1, config=cfg)
+    (b,) = best_epochs(log, 1)
+    assert b == int(log.loc[log.val_loss.idxmin(), "epoch"])
+    again, log2 = train_networks(x[:64], y[:64], x[:0], y[:0], task="regression", n_outputs=1, config=cfg, keep_epochs=[b])
+    assert len(log2) == b
+    for (k, v), v2 in zip(nets[0].state_dict().items(), again[0].state_dict().values()):
+        assert torch.equal(v, v2), k
+    with pytest.raises(ValueError, match="one epoch count per network"):
+        train_networks(x[:64], y[:64], x[:0], y[:0], task="regression", n_outputs=1, config=cfg, keep_epochs=[1, 2])
+
+
+def test_refit_learns_from_the_validation_cells_and_keeps_calibration_held_out(toy_run, tmp_path, monkeypatch):
+    import mechanoscope.learn.train as T
+
+    seen = []
+    original = T.train_networks
+
+    def spy(x_train, y_train, x_val, y_val, **kw):
+        seen.append((len(x_train), len(x_val), kw.get("keep_epochs")))
+        return original(x_train, y_train, x_val, y_val, **kw)
+
+    monkeypatch.setattr(T, "train_networks", spy)
+    res = train_model(toy_run, _cfg(target="stiffness_pa", epochs=3, ensemble_size=2, refit=True), tmp_path / "refit")
+    n = res.metrics["n_cells"]
+    # a selection pass on the training cells, then a refit on training + validation cells
+    assert seen[0] == (n["train"], n["val"], None)
+    assert seen[1][:2] == (n["train"] + n["val"], 0)
+    keep = seen[1][2]
+    assert res.metrics["refit"] == {"epochs_per_network": keep, "cells": n["train"] + n["val"]}
+    assert keep == T.best_epochs(res.log[res.log["pass"] == "select"], 2)
+    refit_rows = res.log[res.log["pass"] == "refit"]
+    assert refit_rows.groupby("member").size().tolist() == keep and refit_rows.val_loss.isna().all()
+    # validation cells were learnt from, so only the test cells are reported
+    assert "val" not in res.metrics and res.metrics["test"]["interval"]["coverage"] > 0
+    assert "Refitted on training + validation cells" in (res.model_dir / "MODEL_CARD.md").read_text()
+    data = load_run(toy_run)
+    p1 = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    p2 = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
+    pd.testing.assert_frame_equal(p1, p2)
+    # without held-out calibration images a refit would calibrate on cells it learnt from
+    with pytest.raises(MechanoscopeError, match="calibration"):
+        train_model(toy_run, _cfg(target="stiffness_pa", epochs=1, refit=True, calibration_fraction=0.0), tmp_path / "nocal")
+
+
+def test_cli_config_file_is_not_overridden_by_flag_defaults(toy_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechanoscope.cli.main import app
+
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"target": "label", "model_type": "features", "seed": 3, "interval_level": 0.8, "min_cells_per_class": 5}))
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(toy_run), "--target", "label", "--config", str(cfg), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    used = json.loads((tmp_path / "a" / "config.json").read_text())["train_config"]
+    assert (used["model_type"], used["seed"], used["interval_level"]) == ("features", 3, 0.8)
+    # a flag typed on the command line wins over the file
+    r = runner.invoke(app, ["train", str(toy_run), "--target", "label", "--config", str(cfg), "--seed", "5", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["train_config"]["seed"] == 5

@@ -74,6 +74,17 @@ class TrainConfig(StrictConfig):
     seed: int = Field(0, description="Seed of splits, initialisation, shuffling and augmentation.")
     num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
     max_train_seconds: float | None = Field(None, gt=0, description="Stop training after this many seconds (keeps the best epoch so far).")
+    refit: bool = Field(
+        False,
+        description=(
+            "After the validation cells have chosen each network's best epoch, train it again from the same "
+            "initialisation on the training + validation cells for that many epochs and keep the result, so that "
+            "every labelled cell outside the calibration and test images is learnt from (about 2.3× the training "
+            "time; the features baseline is simply fitted on both). Calibration and test cells stay held out, so "
+            "intervals, temperature and test metrics remain honest; validation metrics are then in-sample and are "
+            "not reported."
+        ),
+    )
 
     def pooling_for(self, task: str) -> str:
         """The compact CNN's downsampling for ``task``: ``pooling`` unless it is ``"auto"``.

@@ -30,7 +30,7 @@ from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import TrainingData, check_target, group_split, load_run, normalise_crops, resolve_task
 from mechanoscope.learn.uncertainty import conformal_quantile, expected_calibration_error, fit_temperature, softmax_t
 
-__all__ = ["train_model", "train_networks", "EarlyStopping", "TrainResult", "ProgressFn"]
+__all__ = ["train_model", "train_networks", "best_epochs", "EarlyStopping", "TrainResult", "ProgressFn"]
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total)."""
@@ -106,10 +106,16 @@ def train_networks(
     config: TrainConfig,
     class_weights: np.ndarray | None = None,
     progress: ProgressFn | None = None,
+    keep_epochs: list[int] | None = None,
 ) -> tuple[list, pd.DataFrame]:
     """Train ``config.ensemble_size`` networks; returns (networks at their best epoch, log).
 
     ``y`` are class indices (classification) or standardised targets (regression).
+
+    ``keep_epochs`` switches to refitting: network ``k`` (same seed, hence the same
+    initialisation and learning-rate schedule as without it) is trained for
+    ``keep_epochs[k]`` epochs and the weights of that last epoch are kept, with no
+    selection on ``x_val`` (which may be empty) and no time limit.
     """
     torch = _torch()
     from mechanoscope.learn.augment import augment_batch
@@ -139,6 +145,9 @@ def train_networks(
 
     augment = config.augment.for_task(task)
     t_start = time.perf_counter()
+    if keep_epochs is not None and len(keep_epochs) != config.ensemble_size:
+        raise ValueError(f"keep_epochs needs one epoch count per network ({config.ensemble_size}), got {len(keep_epochs)}")
+    stage = "refitting network" if keep_epochs is not None else "training network"
     total_epochs = config.epochs * config.ensemble_size
     for member in range(config.ensemble_size):
         seed = config.seed * 1000 + member
@@ -149,7 +158,8 @@ def train_networks(
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
         best_state = copy.deepcopy(net.state_dict())
         stopper = EarlyStopping(config.epochs, config.patience)
-        for epoch in range(config.epochs):
+        n_epochs = config.epochs if keep_epochs is None else max(1, min(int(keep_epochs[member]), config.epochs))
+        for epoch in range(n_epochs):
             net.train()
             perm = torch.randperm(len(xt), generator=gen)
             tot, count = 0.0, 0
@@ -177,19 +187,35 @@ def train_networks(
                 else:
                     val, val_acc = tot / max(count, 1), float("nan")
             rows.append({"member": member, "epoch": epoch + 1, "train_loss": tot / max(count, 1), "val_loss": val, "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t_start, 2)})
+            if progress:
+                progress(f"{stage} {member + 1}/{config.ensemble_size}", member * config.epochs + epoch + 1, total_epochs)
+            if keep_epochs is not None:
+                continue
             improved, stop = stopper.update(val)
             if improved:
                 best_state = copy.deepcopy(net.state_dict())
-            if progress:
-                progress(f"training network {member + 1}/{config.ensemble_size}", member * config.epochs + epoch + 1, total_epochs)
             if stop:
                 break
             if config.max_train_seconds and time.perf_counter() - t_start > config.max_train_seconds * (member + 1) / config.ensemble_size:
                 break
-        net.load_state_dict(best_state)
+        if keep_epochs is None:
+            net.load_state_dict(best_state)
         net.eval()
         nets.append(net)
     return nets, pd.DataFrame(rows)
+
+
+def best_epochs(log: pd.DataFrame, n_members: int) -> list[int]:
+    """The epoch (1-based) each network kept in a selection pass, by :class:`EarlyStopping`'s rule."""
+    out = []
+    for member in range(n_members):
+        rows = log[log["member"] == member]
+        best, epoch = np.inf, 1
+        for e, v in zip(rows["epoch"], rows["val_loss"]):
+            if v < best - 1e-6:
+                best, epoch = v, int(e)
+        out.append(epoch)
+    return out
 
 
 class EarlyStopping:
@@ -264,6 +290,7 @@ def _model_card(cfg: dict, metrics: dict, n_split: dict) -> str:
         f"- Classes: {cfg.get('classes')}" if task == "classification" else f"- Target unit: {cfg.get('target_unit')} (learned on log10)",
         f"- Cells per split: {n_split}",
         f"- Ensemble size: {cfg.get('ensemble_size', 1)}",
+        *([f"- Refitted on training + validation cells ({metrics['refit']['cells']} cells; epochs per network {metrics['refit']['epochs_per_network']})"] if "refit" in metrics else []),
         "",
         "## Held-out test metrics (images never seen in training)",
         "",
@@ -346,6 +373,10 @@ def train_model(
     split.iloc[idx] = split_sub
     masks = {name: idx[split_sub == name] for name in ("train", "val", "calibration", "test")}
     n_split = {k: int(len(v)) for k, v in masks.items()}
+    refit = bool(config.refit and len(masks["val"]))
+    if refit and config.model_type == "cnn" and not len(masks["calibration"]):
+        raise MechanoscopeError("refit learns from the validation cells, so calibration (temperature, conformal intervals) needs its own held-out images: set calibration_fraction > 0 or turn refit off")
+    refit_info: dict = {"epochs_per_network": None, "cells": int(len(masks["train"]) + len(masks["val"]))}
 
     if task == "classification":
         cls_index = {c: i for i, c in enumerate(classes)}
@@ -381,7 +412,8 @@ def train_model(
 
         cols = feature_columns(table)
         fm = FeatureModel(task=task, columns=cols, seed=config.seed, n_classes=len(classes) if classes else 0)
-        fm.fit(table.iloc[masks["train"]], y_all[masks["train"]])
+        fit_rows = np.concatenate([masks["train"], masks["val"]]) if refit else masks["train"]
+        fm.fit(table.iloc[fit_rows], y_all[fit_rows])
         raw_out = {k: fm.raw_outputs(table.iloc[v]) for k, v in masks.items()}
         state = fm.state_tensors()
         cfg_out.update({"feature_columns": cols, "architecture": "hist_gradient_boosting"})
@@ -400,6 +432,15 @@ def train_model(
         normalization = {"method": "relative_contrast", "description": "intensity → (I / I_background − 1) / contrast_scale; I_background = median of the crop border; mask channels unchanged", "contrast_scale": contrast_scale, "channels": channels}
         cw = _class_weights(y_all[masks["train"]], n_out) if task == "classification" and config.balance_classes else None
         nets, log = train_networks(x_all[masks["train"]], y_all[masks["train"]], x_all[masks["val"]], y_all[masks["val"]], task=task, n_outputs=n_out, config=config, class_weights=cw, progress=progress)
+        if refit:
+            # same initialisations, epochs chosen above, training + validation cells
+            keep = best_epochs(log, config.ensemble_size)
+            fit_rows = np.concatenate([masks["train"], masks["val"]])
+            cw_fit = _class_weights(y_all[fit_rows], n_out) if cw is not None else None
+            nets, log_refit = train_networks(x_all[fit_rows], y_all[fit_rows], x_all[:0], y_all[:0], task=task, n_outputs=n_out, config=config, class_weights=cw_fit, progress=progress, keep_epochs=keep)
+            log_refit["val_loss"] = np.nan  # no held-out cells in this pass
+            log = pd.concat([log.assign(**{"pass": "select"}), log_refit.assign(**{"pass": "refit"})], ignore_index=True)
+            refit_info = {"epochs_per_network": keep, "cells": int(len(fit_rows))}
         # outputs on the held-out splits only (training-set outputs are never used)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
         for k, net in enumerate(nets):
@@ -420,12 +461,16 @@ def train_model(
         })
 
     metrics: dict = {"n_cells": n_split, "n_groups": {k: int(sub[config.group_column][split_sub == k].nunique()) for k in ("train", "val", "calibration", "test")}}
+    if refit:
+        metrics["refit"] = refit_info
+    # after a refit the validation cells were learnt from: their metrics would be in-sample
+    reported = ("test",) if refit else ("val", "test")
     if task == "classification":
         cal = masks["calibration"] if len(masks["calibration"]) else masks["val"]
         logit_cal = raw_out["calibration" if len(masks["calibration"]) else "val"].mean(0)
         temperature = fit_temperature(logit_cal, y_all[cal]) if config.model_type == "cnn" else 1.0
         cfg_out["temperature"] = temperature
-        for name in ("val", "test"):
+        for name in reported:
             if len(masks[name]) == 0:
                 continue
             logits = raw_out[name].mean(0)
@@ -441,7 +486,7 @@ def train_model(
         scores = np.abs(y_cal - mu_cal) / (sd_cal if sd_cal is not None else 1.0)
         q = conformal_quantile(scores, config.interval_level)
         cfg_out.update({"conformal_quantile": q, "conformal_scaled": sd_cal is not None, "target_mean": mean, "target_std": std})
-        for name in ("val", "test"):
+        for name in reported:
             if len(masks[name]) == 0:
                 continue
             if config.model_type == "cnn":
