@@ -12,7 +12,10 @@ phase contrast with ``--regression-modality phase_contrast``):
   The **oracle** is a gradient-boosting regressor given the simulator's true latent
   morphology variables (volume, spread area, height, aspect ratio, fibre and ruffle
   amplitudes) of the same training cells with the same noisy labels: the information
-  limit of the data for that training budget.
+  limit of the data for that training budget. The oracle is fitted on the training +
+  validation cells; the CNN learns from the training cells and uses the validation cells
+  to choose its epoch. With ``--refit-regression`` the CNN and the features baseline are
+  then refitted on training + validation cells (``TrainConfig.refit``).
 * **oracle without volume**: the same regressor given only what a bright-field image
   shows directly: the stress-fibre texture amplitude in µm (relative amplitude × mean
   height), spread area, aspect ratio and ruffling, but not the cell volume (a hidden
@@ -103,7 +106,7 @@ def _learning_curve(data, reg, common: dict, root: Path, seed: int) -> list[dict
         train_rows = np.isin(split, ["train", "val"]) & ~dropped & table["afm_stiffness_pa"].notna().to_numpy()
         cnn = _ape(true[test], pred["pred_stiffness_pa"].to_numpy())
         oracle = _ape(true[test], _oracle(table, train_rows, test, seed))
-        rows.append({"training_fraction": fraction, "training_cells": res.metrics["n_cells"]["train"], "cnn_vs_true_E": cnn, "oracle_vs_true_E": oracle, "cnn_over_oracle_mean_ape": round(cnn["ape_mean_pct"] / oracle["ape_mean_pct"], 3), "cnn_training_seconds": round(seconds, 1)})
+        rows.append({"training_fraction": fraction, "training_cells": res.metrics["n_cells"]["train"], "cells_learnt_from": res.metrics.get("refit", {}).get("cells", res.metrics["n_cells"]["train"]), "cnn_vs_true_E": cnn, "oracle_vs_true_E": oracle, "cnn_over_oracle_mean_ape": round(cnn["ape_mean_pct"] / oracle["ape_mean_pct"], 3), "cnn_training_seconds": round(seconds, 1)})
     return rows
 
 
@@ -121,6 +124,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=35)
     ap.add_argument("--ensemble", type=int, default=2, help="deep-ensemble size of the CNN classifier")
     ap.add_argument("--ensemble-regression", type=int, default=1, help="deep-ensemble size of the CNN regressor (also in the learning curve)")
+    ap.add_argument("--refit-regression", action="store_true", help="once the validation cells have chosen the epoch, refit the regressors on training + validation cells (the cells the oracle is fitted on); about 2.4x the CNN training time")
     ap.add_argument("--no-tta", action="store_true", help="disable test-time augmentation")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -182,6 +186,8 @@ def _regression(args, root: Path, n_images_reg: int, common: dict, out: dict) ->
     out["regression_data_seconds"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     out["regressor_ensemble_size"] = args.ensemble_regression
+    out["regressors_refit_on_validation_cells"] = args.refit_regression
+    common = {**common, "refit": args.refit_regression}
     reg = train_model(run_r, TrainConfig.build(target="afm_stiffness_pa", ensemble_size=args.ensemble_regression, **common), root / "m_reg", overwrite=True)
     train_reg_s = time.perf_counter() - t
     reg_feat = train_model(run_r, TrainConfig.build(target="afm_stiffness_pa", model_type="features", split_from=str(reg.model_dir), **common), root / "m_reg_feat", overwrite=True)
@@ -217,12 +223,13 @@ def _regression(args, root: Path, n_images_reg: int, common: dict, out: dict) ->
         "spearman_log10_cnn": float(pd.Series(np.log10(p_cnn["pred_stiffness_pa"].to_numpy())).corr(pd.Series(np.log10(true[test])), method="spearman")),
         "cells_per_split": reg.metrics["n_cells"],
         "cnn_training_seconds": round(train_reg_s, 1),
-        "cnn_epochs_run": int(len(reg.log)),
+        "cnn_epochs_run": int((reg.log["pass"] == "select").sum() if "pass" in reg.log else len(reg.log)),
+        "cnn_refit_epochs": reg.metrics.get("refit", {}).get("epochs_per_network"),
         "targets": {"cnn_over_oracle_max": 1.2, "coverage_range": [0.88, 0.92]},
     }
     if not args.no_learning_curve:
         curve = _learning_curve(data_r, reg, {**common, "ensemble_size": args.ensemble_regression}, root, args.seed)
-        curve.append({"training_fraction": 1.0, "training_cells": reg.metrics["n_cells"]["train"], "cnn_vs_true_E": cnn_ape, "oracle_vs_true_E": oracle_ape, "cnn_over_oracle_mean_ape": out["regression"]["cnn_over_oracle_mean_ape"], "cnn_training_seconds": round(train_reg_s, 1)})
+        curve.append({"training_fraction": 1.0, "training_cells": reg.metrics["n_cells"]["train"], "cells_learnt_from": reg.metrics.get("refit", {}).get("cells", reg.metrics["n_cells"]["train"]), "cnn_vs_true_E": cnn_ape, "oracle_vs_true_E": oracle_ape, "cnn_over_oracle_mean_ape": out["regression"]["cnn_over_oracle_mean_ape"], "cnn_training_seconds": round(train_reg_s, 1)})
         out["regression_learning_curve"] = curve
 
 

@@ -28,7 +28,7 @@ def train(
     learning_rate: float = typer.Option(2e-3, help="Learning rate."),
     ensemble: int = typer.Option(1, help="Deep-ensemble size K."),
     tta: bool = typer.Option(False, help="Test-time augmentation (average over 8 rotations/flips)."),
-    refit: bool = typer.Option(False, "--refit/--no-refit", help="After the validation images have chosen the epoch, train again on training + validation cells (about 2.3× the time; calibration and test images stay held out)."),
+    refit: bool = typer.Option(False, "--refit/--no-refit", help="After the validation images have chosen the epoch, train again on training + validation cells (about 2.4× the time; calibration and test images stay held out)."),
     interval_level: float = typer.Option(0.9, help="Coverage of conformal prediction intervals."),
     group_column: str = typer.Option("image_id", help="Cells sharing this value are never split across train/val/test."),
     split_from: Optional[Path] = typer.Option(None, help="Reuse the image split of this model folder."),

@@ -79,7 +79,7 @@ class TrainConfig(StrictConfig):
         description=(
             "After the validation cells have chosen each network's best epoch, train it again from the same "
             "initialisation on the training + validation cells for that many epochs and keep the result, so that "
-            "every labelled cell outside the calibration and test images is learnt from (about 2.3× the training "
+            "every labelled cell outside the calibration and test images is learnt from (about 2.4× the training "
             "time; the features baseline is simply fitted on both). Calibration and test cells stay held out, so "
             "intervals, temperature and test metrics remain honest; validation metrics are then in-sample and are "
             "not reported."
