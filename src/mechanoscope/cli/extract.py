@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mechanoscope.cli._common import console, user_errors
+from mechanoscope.cli._common import console, flag_given, user_errors
 
 __all__ = ["register", "extract"]
 
@@ -60,9 +59,6 @@ def extract(
     """
     from mechanoscope.cells.extract import ExtractConfig, _load_mapping, extract_folder
 
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
-
     with user_errors():
         base: dict[str, Any] = _load_mapping(config) if config else {}
         crop = dict(base.get("crop") or {})
@@ -78,7 +74,7 @@ def extract(
             ("axes", base, "axes", axes),
             ("channel", base, "channel", channel),
         ):
-            if config is None or given(name):
+            if config is None or flag_given(ctx, name):
                 target[key] = value
         base["crop"], base["quality"] = crop, quality
         cfg = ExtractConfig.build(**base)

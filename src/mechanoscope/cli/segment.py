@@ -20,7 +20,6 @@ from typing import Any, Optional
 
 import click
 import typer
-from click.core import ParameterSource
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,7 +30,7 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
-from mechanoscope.cli._common import console, user_errors
+from mechanoscope.cli._common import console, flag_given, user_errors
 
 __all__ = ["register", "segment_app"]
 
@@ -191,9 +190,6 @@ def train(
     from mechanoscope.segment.batch import read_plane
     from mechanoscope.segment.network import SegmentationTrainConfig, train_segmentation
 
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
-
     with user_errors():
         base = read_config_mapping(config, "training settings") if config else {}
         if "train_config" in base and "schema_version" in base:  # a model's config.json
@@ -215,7 +211,7 @@ def train(
             ("model_pixel_size_um", "pixel_size_um", model_pixel_size_um),
             ("device", "device", device),
         ):
-            if config is None or given(name):
+            if config is None or flag_given(ctx, name):
                 base[key] = value
         cfg = validate_mapping(SegmentationTrainConfig, base)
         check_output_folder(out, overwrite=overwrite)

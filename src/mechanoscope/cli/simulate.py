@@ -8,13 +8,14 @@ from typing import Optional
 import typer
 from rich.progress import Progress
 
-from mechanoscope.cli._common import console, user_errors
+from mechanoscope.cli._common import console, flag_given, user_errors
 
 simulate_app = typer.Typer(help="Simulate microscope images of cells with known stiffness.", no_args_is_help=True)
 
 
 @simulate_app.command("adherent")
 def adherent(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, labels/, cells.parquet, afm.parquet, simulation.json)."),
     n_images: int = typer.Option(8, help="Number of fields of view."),
     cells_per_image: int = typer.Option(12, help="Cells per field of view."),
@@ -35,22 +36,25 @@ def adherent(
     from mechanoscope.simulate.adherent import AdherentConfig, simulate_adherent
 
     with user_errors():
-        base = AdherentConfig.from_file(config).model_dump() if config else {}
-        base.update(
-            n_images=n_images,
-            cells_per_image=cells_per_image,
-            population_names=[p.strip() for p in populations.split(",") if p.strip()],
-            stiffness_mode="continuous" if continuous else "populations",
-            stiffness_range_pa=stiffness_range_pa,
-            modality=modality,
-            defocus_um=defocus_um if defocus_um is not None else (3.0 if modality == "brightfield" else 0.0),
-            image_shape_px=(image_size_px, image_size_px),
-            afm_fraction=afm_fraction,
-            afm_error_cv=afm_error_cv,
-        )
-        optics = dict(base.get("optics") or {})
-        optics["pixel_size_um"] = pixel_size_um
-        base["optics"] = optics
+        from_file = AdherentConfig.from_file(config) if config else None
+        base = from_file.model_dump() if from_file else {}
+        flags = {  # option name → (config key, value)
+            "n_images": ("n_images", n_images),
+            "cells_per_image": ("cells_per_image", cells_per_image),
+            "populations": ("population_names", [p.strip() for p in populations.split(",") if p.strip()]),
+            "continuous": ("stiffness_mode", "continuous" if continuous else "populations"),
+            "stiffness_range_pa": ("stiffness_range_pa", stiffness_range_pa),
+            "modality": ("modality", modality),
+            "image_size_px": ("image_shape_px", (image_size_px, image_size_px)),
+            "afm_fraction": ("afm_fraction", afm_fraction),
+            "afm_error_cv": ("afm_error_cv", afm_error_cv),
+        }
+        # with a config file, only the flags typed on the command line override it
+        base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
+        if defocus_um is not None or from_file is None or "defocus_um" not in from_file.model_fields_set:
+            base["defocus_um"] = defocus_um if defocus_um is not None else (3.0 if base.get("modality", modality) == "brightfield" else 0.0)
+        if config is None or flag_given(ctx, "pixel_size_um"):
+            base["optics"] = {**dict(base.get("optics") or {}), "pixel_size_um": pixel_size_um}
         cfg = AdherentConfig.build(**base)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("simulating", total=cfg.n_images)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mechanoscope.cli._common import console, user_errors
+from mechanoscope.cli._common import console, flag_given, user_errors
 
 
 def train(
@@ -48,7 +48,7 @@ def train(
         if config:
             # a config file sets everything it names; only flags typed on the command line override it
             base = TrainConfig.from_file(config).model_dump()
-            flags = {k: v for k, v in flags.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
+            flags = {k: v for k, v in flags.items() if flag_given(ctx, k)}
         else:
             base = {}
         if "ensemble" in flags:
