@@ -146,8 +146,7 @@ def run_demo(
     t = lap("train_classifier", t)
     n_afm = int(cells["afm_stiffness_pa"].notna().sum())
     say(f"training the Young's-modulus regressor on the {n_afm} AFM-measured cells")
-    # few AFM cells: once the validation images have chosen the epoch, learn from them too
-    reg = train_model(run, TrainConfig.build(target="afm_stiffness_pa", split_from=str(cls.model_dir), min_cells_per_class=5, refit=True, **common), models / "regressor", overwrite=True, command="mechanoscope demo")
+    reg = train_model(run, TrainConfig.build(target="afm_stiffness_pa", split_from=str(cls.model_dir), min_cells_per_class=5, **common), models / "regressor", overwrite=True, command="mechanoscope demo")
     t = lap("train_regressor", t)
     say("predicting every cell")
     info = predict_run(run, [cls.model_dir, reg.model_dir], run)
