@@ -376,7 +376,9 @@ def train_model(
     refit = bool(config.refit and len(masks["val"]))
     if refit and config.model_type == "cnn" and not len(masks["calibration"]):
         raise MechanoscopeError("refit learns from the validation cells, so calibration (temperature, conformal intervals) needs its own held-out images: set calibration_fraction > 0 or turn refit off")
-    refit_info: dict = {"epochs_per_network": None, "cells": int(len(masks["train"]) + len(masks["val"]))}
+    # the cells the final model learns from: the training cells, plus the validation cells on a refit
+    fit_rows = np.concatenate([masks["train"], masks["val"]]) if refit else masks["train"]
+    refit_info: dict = {"epochs_per_network": None, "cells": int(len(fit_rows))}
 
     if task == "classification":
         cls_index = {c: i for i, c in enumerate(classes)}
@@ -412,7 +414,6 @@ def train_model(
 
         cols = feature_columns(table)
         fm = FeatureModel(task=task, columns=cols, seed=config.seed, n_classes=len(classes) if classes else 0)
-        fit_rows = np.concatenate([masks["train"], masks["val"]]) if refit else masks["train"]
         fm.fit(table.iloc[fit_rows], y_all[fit_rows])
         raw_out = {k: fm.raw_outputs(table.iloc[v]) for k, v in masks.items()}
         state = fm.state_tensors()
@@ -435,12 +436,11 @@ def train_model(
         if refit:
             # same initialisations, epochs chosen above, training + validation cells
             keep = best_epochs(log, config.ensemble_size)
-            fit_rows = np.concatenate([masks["train"], masks["val"]])
             cw_fit = _class_weights(y_all[fit_rows], n_out) if cw is not None else None
             nets, log_refit = train_networks(x_all[fit_rows], y_all[fit_rows], x_all[:0], y_all[:0], task=task, n_outputs=n_out, config=config, class_weights=cw_fit, progress=progress, keep_epochs=keep)
             log_refit["val_loss"] = np.nan  # no held-out cells in this pass
             log = pd.concat([log.assign(**{"pass": "select"}), log_refit.assign(**{"pass": "refit"})], ignore_index=True)
-            refit_info = {"epochs_per_network": keep, "cells": int(len(fit_rows))}
+            refit_info["epochs_per_network"] = keep
         # outputs on the held-out splits only (training-set outputs are never used)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
         for k, net in enumerate(nets):
