@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test install clean benchmarks
+.PHONY: demo test install clean benchmarks mutation
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,10 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/simulate.py
 
+# Mutation testing of the numerical core (mutmut; about an hour on 2 cores; resumes where it stopped).
+# Prints the score and every surviving mutant as JSON. Not part of `make test`.
+mutation: $(STAMP)
+	$(PY) benchmarks/mutation.py
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(DEMO_OUT) mutants

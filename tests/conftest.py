@@ -4,6 +4,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: reproducible in CI (a failure seen once is seen again), no example
+# database written into the repository, no wall-clock deadline on a loaded 2-core machine.
+# `HYPOTHESIS_PROFILE=explore` draws fresh random examples (more of them) when hunting bugs.
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("explore", parent=settings.get_profile("ci"), derandomize=False, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Real data beside the project (never copied into it); tests needing it skip without it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -109,7 +109,7 @@ def run_demo(
     HTML report. Writes everything under ``out`` and returns a summary.
     """
     from mechanoscope.cells.extract import ExtractConfig, extract_folder
-    from mechanoscope.evaluate.stiffness import evaluate_run
+    from mechanoscope.evaluate.run_evaluation import evaluate_run
     from mechanoscope.io import read_table
     from mechanoscope.learn.config import TrainConfig
     from mechanoscope.learn.train import train_model

@@ -322,7 +322,7 @@ def run(
     stiffness_pa (Pa). With a split column only test cells are scored. Writes
     RUN/evaluation.json and RUN/figures/*.png.
     """
-    from mechanoscope.evaluate.stiffness import evaluate_run
+    from mechanoscope.evaluate.run_evaluation import evaluate_run
 
     with user_errors():
         ev = evaluate_run(run_dir, figures=figures)

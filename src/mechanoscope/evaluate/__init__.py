@@ -27,21 +27,23 @@ __all__ = [
 ]
 
 from mechanoscope.evaluate.stiffness import (
-    bland_altman_png,
-    class_fraction_png,
     classification_metrics,
     compare_conditions,
+    regression_metrics,
+    reliability_bins,
+    summarize_by_condition,
+)
+from mechanoscope.evaluate.run_evaluation import evaluate_run
+from mechanoscope.evaluate.stiffness_figures import (
+    bland_altman_png,
+    class_fraction_png,
     condition_distribution_png,
     confusion_matrix_png,
     crop_gallery_png,
-    evaluate_run,
     predicted_vs_measured_png,
-    regression_metrics,
-    reliability_bins,
     reliability_png,
     roc_png,
     stiffness_gallery_png,
-    summarize_by_condition,
 )
 
 __all__ += [

@@ -363,7 +363,7 @@ def write_report(
     import jinja2
 
     from mechanoscope import __version__
-    from mechanoscope.evaluate.stiffness import evaluate_run
+    from mechanoscope.evaluate.run_evaluation import evaluate_run
     from mechanoscope.io import atomic_path
 
     run = Path(run_dir)
