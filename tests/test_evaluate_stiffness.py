@@ -232,7 +232,7 @@ def test_evaluate_run_bad_inputs(tmp_path):
 def test_crops_as_plain_array_or_mismatched(tmp_path):
     import zarr
 
-    from mechanoscope.evaluate.stiffness import _open_crops
+    from mechanoscope.evaluate.run_evaluation import _open_crops
 
     a = zarr.open(str(tmp_path / "crops.zarr"), mode="w", shape=(4, 1, 8, 8), dtype="float32")
     a[:] = 1.0
