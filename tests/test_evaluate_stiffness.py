@@ -186,7 +186,30 @@ def full_run(tmp_path_factory):
 def test_evaluate_run_writes_json_and_figures(full_run):
     run, ev = full_run
     on_disk = json.loads((run / "evaluation.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    assert on_disk["classification"]["auc"] == ev["classification"]["auc"]
+    assert on_disk["regression"] == ev["regression"] and on_disk["classification"] == ev["classification"]
+    # the metrics recomputed from the run's own table with scikit-learn / numpy on the scored
+    # cells (QC-passing, with truth); the QC-failed cell 1 must be left out
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    df = pd.read_parquet(run / "cells.parquet")
+    scored = df[df["qc_pass"]]
+    assert ev["classification"]["auc"] == pytest.approx(
+        roc_auc_score(scored["label"] == "stiff", scored["pred_prob_stiff"]), abs=1e-12
+    )
+    assert ev["classification"]["auc"] != pytest.approx(roc_auc_score(df["label"] == "stiff", df["pred_prob_stiff"]))
+    assert ev["classification"]["confusion_matrix"]["counts"] == confusion_matrix(
+        scored["label"], scored["pred_label"], labels=["soft", "stiff"]
+    ).tolist()
+    meas = scored.dropna(subset=["stiffness_pa"])
+    ape = (meas["pred_stiffness_pa"] - meas["stiffness_pa"]).abs() / meas["stiffness_pa"] * 100
+    assert ev["regression"]["ape_mean_pct"] == pytest.approx(ape.mean(), rel=1e-12)
+    assert ev["regression"]["ape_median_pct"] == pytest.approx(ape.median(), rel=1e-12)
+    covered = (meas["pred_lo_pa"] <= meas["stiffness_pa"]) & (meas["stiffness_pa"] <= meas["pred_hi_pa"])
+    assert ev["regression"]["interval"]["coverage"] == pytest.approx(covered.mean())
+    assert ev["regression"]["interval"]["width_fold_geomean"] == pytest.approx(2.5 * 2.5)
+    ctrl = scored.loc[scored["condition"] == "control", "pred_stiffness_pa"]
+    assert ev["conditions"]["summaries"]["control"]["median_pa"] == pytest.approx(ctrl.median())
+    assert ev["conditions"]["summaries"]["control"]["n_cells"] == len(ctrl)
     assert ev["scope"]["n_failed_qc_excluded"] == 1 and ev["scope"]["n_cells_in_scope"] == 35
     assert ev["regression"]["n_missing_truth"] == 1 and ev["regression"]["n"] == 34
     assert ev["regression"]["interval"]["nominal_level"] == 0.9
@@ -204,6 +227,17 @@ def test_evaluate_run_test_split_only(tmp_path):
     ev = evaluate_run(run, figures=False)
     assert "test split" in ev["scope"]["cells"]
     assert ev["classification"]["n"] == 12 and ev["scope"]["split_counts"]["train"] == 24
+    # AUC and APE of the held-out cells only, recomputed from the table
+    from sklearn.metrics import roc_auc_score
+
+    df = pd.read_parquet(run / "cells.parquet")
+    held_out = df[(df["split"] == "test") & df["qc_pass"]]
+    assert ev["classification"]["auc"] == pytest.approx(
+        roc_auc_score(held_out["label"] == "stiff", held_out["pred_prob_stiff"]), abs=1e-12
+    )
+    meas = held_out.dropna(subset=["stiffness_pa"])
+    ape = (meas["pred_stiffness_pa"] - meas["stiffness_pa"]).abs() / meas["stiffness_pa"] * 100
+    assert ev["regression"]["n"] == len(meas) and ev["regression"]["ape_mean_pct"] == pytest.approx(ape.mean())
     assert ev["figures"] == {}
 
 

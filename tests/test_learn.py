@@ -98,11 +98,20 @@ def test_save_load_gives_identical_predictions_and_matches_metrics(trained_class
     b = predict_cells(load_stiffness_model(trained_classifier.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs, batch_size=7)
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
     assert np.allclose(a["pred_prob_soft"] + a["pred_prob_stiff"], 1)
-    from sklearn.metrics import roc_auc_score
-
+    # the test metrics were computed from the temperature-scaled probabilities that predict_cells returns
+    # (the toy AUC is 1.0 whatever the temperature, so compare the probabilities through Brier score and ECE)
     test = (trained_classifier.split == "test").to_numpy()
-    auc = roc_auc_score(data.table.label[test] == "stiff", a.pred_prob_stiff[test])
-    assert auc == pytest.approx(trained_classifier.metrics["test"]["auc"], abs=1e-6)
+    m = trained_classifier.metrics["test"]
+    p = a.pred_prob_stiff[test].to_numpy()
+    y = (data.table.label[test] == "stiff").to_numpy()
+    assert np.mean((p - y) ** 2) == pytest.approx(m["brier"], rel=1e-5)
+    prob = a[["pred_prob_soft", "pred_prob_stiff"]][test].to_numpy()
+    assert expected_calibration_error(prob, y.astype(int)) == pytest.approx(m["ece"], rel=1e-5)
+    t = json.loads((trained_classifier.model_dir / "config.json").read_text())["temperature"]
+    assert abs(np.log(t)) > 0.1  # a temperature that matters, so the checks above can tell T from 1
+    p1 = 1 / (1 + np.exp(-t * np.log(p / (1 - p))))  # the same logits at T = 1
+    assert expected_calibration_error(np.stack([1 - p1, p1], 1), y.astype(int)) == pytest.approx(m["ece_uncalibrated"], rel=1e-4)
+    assert abs(np.mean((p1 - y) ** 2) - m["brier"]) > 1e-3
     aug = json.loads((trained_classifier.model_dir / "config.json").read_text())["train_config"]["augment"]
     assert (aug["intensity_scale"], aug["gamma"], aug["blur_sigma_px"]) == (0.15, 0.15, 0.7)  # classification defaults
     files = {p.name for p in trained_classifier.model_dir.iterdir()}
@@ -133,7 +142,25 @@ def test_regression_ensemble_with_conformal_intervals(toy_run, tmp_path):
     pred = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     assert {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd"} <= set(pred.columns)
     assert (pred.pred_lo_pa < pred.pred_stiffness_pa).all() and (pred.pred_stiffness_pa < pred.pred_hi_pa).all()
-    assert "interval" in res.metrics["test"]
+    _check_interval_metrics(res, cfg, pred, data.table)
+
+
+def _check_interval_metrics(res, cfg, pred, table):
+    """metrics.json's interval numbers are those of predict_cells' intervals on the test cells, and the
+    intervals are ±q·σ on log10 E around the prediction, q the stored conformal quantile."""
+    test = (res.split == "test").to_numpy()
+    truth = table.stiffness_pa[test].to_numpy()
+    lo, hi = pred.pred_lo_pa[test].to_numpy(), pred.pred_hi_pa[test].to_numpy()
+    iv = res.metrics["test"]["interval"]
+    assert iv["n"] == test.sum()
+    assert iv["coverage"] == pytest.approx(np.mean((lo <= truth) & (truth <= hi)), abs=1e-12)
+    assert (iv["n_below"], iv["n_above"]) == (int((truth < lo).sum()), int((truth > hi).sum()))
+    q = cfg["conformal_quantile"]
+    assert cfg["conformal_scaled"] and q > 0
+    log_w = np.log10(pred.pred_hi_pa / pred.pred_lo_pa)
+    np.testing.assert_allclose(log_w, 2 * q * pred.pred_log10_sd, rtol=1e-5)
+    np.testing.assert_allclose(np.sqrt(pred.pred_lo_pa * pred.pred_hi_pa), pred.pred_stiffness_pa, rtol=1e-5)
+    assert iv["width_fold_geomean"] == pytest.approx(10 ** np.mean(log_w[test]), rel=1e-5)
 
 
 def test_features_baseline_round_trip(toy_run, tmp_path):
@@ -454,12 +481,13 @@ def test_refit_learns_from_the_validation_cells_and_keeps_calibration_held_out(t
     refit_rows = res.log[res.log["pass"] == "refit"]
     assert refit_rows.groupby("member").size().tolist() == keep and refit_rows.val_loss.isna().all()
     # validation cells were learnt from, so only the test cells are reported
-    assert "val" not in res.metrics and res.metrics["test"]["interval"]["coverage"] > 0
+    assert "val" not in res.metrics
     assert "Refitted on training + validation cells" in (res.model_dir / "MODEL_CARD.md").read_text()
     data = load_run(toy_run)
     p1 = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     p2 = predict_cells(load_stiffness_model(res.model_dir), data.table, data.crops, channels=data.channels, attrs=data.attrs)
     pd.testing.assert_frame_equal(p1, p2)
+    _check_interval_metrics(res, json.loads((res.model_dir / "config.json").read_text()), p1, data.table)
     # without held-out calibration images a refit would calibrate on cells it learnt from
     with pytest.raises(MechanoscopeError, match="calibration"):
         train_model(toy_run, _cfg(target="stiffness_pa", epochs=1, refit=True, calibration_fraction=0.0), tmp_path / "nocal")

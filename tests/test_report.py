@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,14 @@ from mechanoscope.report import write_report
 from mechanoscope.report.html import NO_TRUTH_SENTENCE, coverage_sentence
 
 runner = CliRunner()
+
+
+def _pa_text(v: float) -> str:
+    """A modulus as the report prints it: 3 significant digits in Pa, kPa or MPa."""
+    for scale, unit in ((1e6, "MPa"), (1e3, "kPa"), (1.0, "Pa")):
+        if v >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g} Pa"
 
 
 def make_run(root, n=30, *, cls=True, reg=True, truth=True, condition=True, seed=1):
@@ -70,8 +79,28 @@ def test_report_is_one_self_contained_file(full_report):
                  "mean APE", "median APE", "Bland–Altman bias", "limits of agreement",
                  "interval coverage", "Pearson r"):
         assert name in html, name
-    assert "tiny-cnn" in html and __version__ in html and "90" in html
-    assert "Mann-Whitney" in html and "Pa" in html
+    assert "tiny-cnn" in html and __version__ in html
+    # the numbers shown are those of evaluation.json, looked for in the visible text only (the
+    # base64 figures contain almost any short string by chance)
+    text = re.sub(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', "<img", html)
+    assert "base64" not in text
+    assert '<th>prediction interval level</th><td class="num">90.0 %</td>' in text
+    c, r = ev["classification"], ev["regression"]
+    assert f'<td>AUC</td><td class="num">{c["auc"]:.3f}</td>' in text
+    assert f'<td>balanced accuracy</td><td class="num">{c["balanced_accuracy"]:.3f}</td>' in text
+    assert f'<td>mean APE</td><td class="num">{r["ape_mean_pct"]:.1f}</td><td>%</td>' in text
+    ba = r["bland_altman"]
+    assert f'×{ba["loa_low_fold"]:.2f} – ×{ba["loa_high_fold"]:.2f}' in text
+    iv = r["interval"]
+    assert html_escape(coverage_sentence(iv["coverage"], iv["n"], 0.9)) in text
+    assert f"Nominal 90 % intervals contained the measured modulus for {100 * iv['coverage']:.0f} % of the {iv['n']} cells" in text
+    med = ev["predictions"]["stiffness_pa"]["median_pa"]
+    assert f"<td>{_pa_text(med)} (" in text and _pa_text(med).endswith("Pa")
+    m0 = ev["conditions"]["summaries"]["M0"]["median_pa"]
+    assert f'<td>M0</td><td class="num">15</td><td class="num">{_pa_text(m0)}</td>' in text
+    comp = ev["conditions"]["comparison"]
+    assert "Mann-Whitney U (two-sided) on predicted modulus" in text
+    assert f"= {comp['prob_superiority_b_over_a']:.2f} (0.5 = no difference)" in text
     assert NO_TRUTH_SENTENCE not in html
     # cell-table text is escaped, never injected as markup
     assert "<b>M1</b>" not in html and "&lt;b&gt;M1&lt;/b&gt;" in html
