@@ -86,12 +86,8 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     n = len(s)
     k = int(np.ceil((n + 1) * level))
     if n == 0 or k > n:
-        # smallest n with ceil((n+1)·level) <= n, i.e. n >= level/(1−level), by the same arithmetic as k
-        need = max(1, int(np.ceil(level / (1 - level))))
-        while np.ceil((need + 1) * level) > need:
-            need += 1
-        while need > 1 and np.ceil(need * level) <= need - 1:
-            need -= 1
+        # smallest n with ceil((n+1)·level) <= n, i.e. n >= level/(1−level) (0.9/0.1 is 9.000000000000002 in floats)
+        need = int(np.ceil(level / (1 - level) - 1e-9))
         raise MechanoscopeError(
             f"{n} calibration cells are too few for a {level:.0%} conformal interval; "
             f"at least {need} are needed — label more cells or lower the interval level"
