@@ -134,7 +134,7 @@ class AdherentConfig(StrictConfig):
     modality: Literal["brightfield", "phase_contrast"] = Field("brightfield", description="Imaging modality.")
     defocus_um: float = Field(3.0, ge=-50, le=50, description="Mean defocus Δz (µm); bright-field cells are invisible at 0.")
     defocus_jitter_um: float = Field(0.5, ge=0, le=20, description="Per-image standard deviation of the defocus (focus nuisance).")
-    illumination_variation: float = Field(0.15, ge=0, le=1, description="Peak-to-peak relative unevenness of the illumination.")
+    illumination_variation: float = Field(0.15, ge=0, le=1, description="Largest peak-to-peak relative unevenness of the illumination (a field varies by 0.25–1× this, median about 0.7×).")
     stiffness_mode: Literal["populations", "continuous"] = Field("populations", description="Draw E from named populations or log-uniformly over a range.")
     population_names: list[str] = Field(default_factory=lambda: ["soft", "stiff"], description="Populations to simulate (keys of `populations`).")
     populations: dict[str, PopulationSpec] = Field(default_factory=lambda: dict(DEFAULT_POPULATIONS), description="Available populations.")

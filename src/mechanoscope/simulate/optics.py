@@ -234,8 +234,9 @@ def render_intensity(
 def illumination_field(shape: tuple[int, int], variation: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth multiplicative illumination: random linear gradient plus vignetting.
 
-    ``variation`` is the approximate peak-to-peak relative change across the field
-    (0 = perfectly flat). Mean is ≈ 1.
+    ``variation`` is the largest peak-to-peak relative change across the field
+    (0 = perfectly flat): gradient and vignetting partly cancel, so a field varies by
+    0.25–1× ``variation`` (median about 0.7×, over seeds). Mean is 1.
     """
     if variation < 0:
         raise ConfigError(f"illumination variation must be ≥ 0, got {variation}")
