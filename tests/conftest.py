@@ -20,6 +20,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: Test files that train networks or run whole chains (seconds per test). Under mutation
+#: testing (`make mutation`, mutmut sets MUTANT_UNDER_TEST) they run after the unit and
+#: property tests, so that a mutant a fast test kills costs a fraction of a second (mutmut
+#: stops at the first failing test); they still run for the mutants nothing else kills.
+SLOW_TEST_FILES = (
+    "test_pipeline.py", "test_learn.py", "test_report.py", "test_segment_network.py",
+    "test_realdata.py", "test_evaluate_stiffness.py", "test_cli.py", "test_simulate_adherent.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if "MUTANT_UNDER_TEST" in os.environ or os.environ.get("MECHANOSCOPE_FAST_TESTS_FIRST"):
+        items.sort(key=lambda item: Path(str(item.fspath)).name in SLOW_TEST_FILES)  # stable: order kept within each group
+
+
 @pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch):
     """Help and error texts are checked by content: render them on a wide terminal
