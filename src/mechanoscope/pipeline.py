@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mechanoscope import __version__
-from mechanoscope.errors import MechanoscopeError
+from mechanoscope.errors import BatchFailedError, ConfigError, MechanoscopeError
 from mechanoscope.io import read_image, read_label_image, write_json
 from mechanoscope.simulate import AdherentConfig, simulate_adherent
 
@@ -212,6 +212,8 @@ def predict_run(
     extract_config: dict | None = None,
     batch_size: int = 256,
     progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
 ) -> dict:
     """Predict every cell of ``source`` with one or more model folders.
 
@@ -220,7 +222,12 @@ def predict_run(
     folder) into ``out/labels`` and extracted into ``out`` with the crop geometry the
     first CNN model expects. Writes ``out/cells.parquet`` with ``pred_*`` columns (and
     a ``split`` column that marks cells a model trained on, so evaluation uses only
-    held-out cells) and ``out/predict.json`` with the models' identity.
+    held-out cells) and ``out/predict.json`` with the models' identity and, for
+    images, a per-image ``status`` (``done``, or ``failed`` with the file, stage and
+    message: an image that fails to segment or extract is skipped, the others go on).
+    ``overwrite`` redoes the segmentation also when ``out`` holds labels made with
+    other settings. If no image at all can be used a
+    :class:`~mechanoscope.errors.BatchFailedError` is raised.
     """
     import shutil
     import warnings
@@ -230,16 +237,23 @@ def predict_run(
     from mechanoscope.learn.data import load_run
     from mechanoscope.learn.predict import load_stiffness_model, predict_cells
 
+    from mechanoscope.io import check_output_folder_path, make_output_folder
+
     t0 = time.perf_counter()
     say = progress or (lambda *a: None)
     src, out = Path(source), Path(out)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a whole number of at least 1 crop, got {batch_size!r} (--batch-size)")
+    check_output_folder_path(out, "run folder (--out)")
     loaded = [m if hasattr(m, "members") else load_stiffness_model(m) for m in models]
     if not loaded:
         raise MechanoscopeError("no model given; pass at least one --model folder")
     seg_errors: list = []
+    extract_errors: list = []
+    status: list[dict] = []
     if _is_run(src):
         if src.resolve() != out.resolve():
-            out.mkdir(parents=True, exist_ok=True)
+            make_output_folder(out, "run folder (--out)")
             if (out / "crops.zarr").exists():
                 shutil.rmtree(out / "crops.zarr")
             shutil.copytree(src / "crops.zarr", out / "crops.zarr")
@@ -250,7 +264,7 @@ def predict_run(
         from mechanoscope.cells.extract import ExtractConfig, extract_folder
         from mechanoscope.segment.batch import segment_images
 
-        seg = segment_images(src, out, method=segmentation, pixel_size_um=pixel_size_um, progress=lambda i, n, name: say("segmenting", i, n))
+        seg = segment_images(src, out, method=segmentation, pixel_size_um=pixel_size_um, overwrite=overwrite, max_pixels=max_pixels, progress=lambda i, n, name: say("segmenting", i, n))
         label_paths, seg_errors = seg.labels, seg.errors
         cnn = next((m for m in loaded if m.config["model_type"] == "cnn"), None)
         ecfg = dict(extract_config or {})
@@ -261,8 +275,17 @@ def predict_run(
         if pixel_size_um is not None:
             ecfg["pixel_size_um"] = pixel_size_um
         if not label_paths:
-            raise MechanoscopeError(f"{src}: no image could be segmented: {seg_errors}")
-        extract_folder(src, out / "labels", out, ExtractConfig.build(**ecfg), progress=lambda i, n: say("extracting", i, n))
+            shown = "; ".join(e["error"] for e in seg_errors[:3]) + (" …" if len(seg_errors) > 3 else "")
+            raise BatchFailedError(f"{src}: no image could be segmented ({len(seg_errors)} failed; details in {seg.record_path}): {shown}", seg_errors)
+        try:
+            ext = extract_folder(seg.images, label_paths, out, ExtractConfig.build(**ecfg), progress=lambda i, n: say("extracting", i, n), max_pixels=max_pixels)
+        except BatchFailedError as exc:
+            raise BatchFailedError(str(exc), seg_errors + exc.errors) from None
+        extract_errors = ext.errors
+        failed = {e["image"] or e["file"] for e in seg_errors + extract_errors}
+        status = [{"image": str(p), "status": "done"} for p in seg.images if str(p) not in failed]
+        status += [{"image": e["file"], "status": "failed", "stage": "segment: " + e["stage"], "error": e["error"]} for e in seg_errors]
+        status += [{"image": e["image"] or e["file"], "status": "failed", "stage": "extract: " + e["stage"], "error": e["error"]} for e in extract_errors]
     data = load_run(out)
     table = data.table
     n = len(table)
@@ -293,6 +316,9 @@ def predict_run(
         "n_images": int(table["image_id"].nunique()) if n else 0,
         "segmentation": None if _is_run(src) else segmentation,
         "segmentation_errors": seg_errors,
+        "extract_errors": extract_errors,
+        "status": status,
+        "n_failed": sum(1 for e in status if e["status"] == "failed"),
         "prediction_seconds": round(pred_seconds, 3),
         "crops_per_second": round(n / pred_seconds, 1) if pred_seconds > 0 and n else None,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from mechanoscope.errors import MechanoscopeError
 
-__all__ = ["LabelImageError", "ShapeMismatchError", "as_label_array", "check_same_shape", "relabel"]
+__all__ = ["LabelImageError", "ShapeMismatchError", "as_label_array", "check_same_shape", "compact_ids", "relabel"]
 
 
 class LabelImageError(MechanoscopeError):
@@ -93,3 +93,21 @@ def check_same_shape(
             f"shape {tuple(label_shape)}; they must cover the same pixels (check that the right "
             "files are paired and that the labels were made from this image)"
         )
+
+
+#: Largest label id measured as it is; above it the ids are first made consecutive (the
+#: measurements allocate per id up to the largest one, so one id of 3·10⁹ would need
+#: tens of GB) and mapped back afterwards, so ``cell_id`` is always the label image's id.
+MAX_DIRECT_LABEL_ID = 100_000
+
+
+def compact_ids(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels with ids 1..N, original id of each new id)``, or ``(labels, None)`` when small."""
+    if lab.size == 0 or int(lab.max()) <= MAX_DIRECT_LABEL_ID:
+        return lab, None
+    ids, inverse = np.unique(lab, return_inverse=True)
+    if ids[0] != 0:  # no background pixel: ids 1..N, 0 maps to nothing
+        ids = np.concatenate([[0], ids])
+        inverse = inverse + 1
+    dtype = np.int32 if len(ids) < 2**31 else np.int64
+    return inverse.reshape(lab.shape).astype(dtype), ids.astype(np.int64)

@@ -2,9 +2,10 @@
 
 :func:`extract_cells` works on one image (arrays or :class:`~mechanoscope.io.Image`),
 :func:`extract_folder` on folders of images and label images paired by file name; it
-writes ``cells.parquet``, ``crops.zarr`` and ``extract.json`` into a run folder. A bad
-pair is reported (a :class:`~mechanoscope.errors.MechanoscopeWarning` and an entry in
-``extract.json``'s ``errors``) and skipped; the other images are still extracted.
+writes ``cells.parquet``, ``crops.zarr`` and ``extract.json`` into a run folder. Any
+error with one pair is reported (a :class:`~mechanoscope.errors.MechanoscopeWarning`,
+an entry in ``extract.json``'s ``errors`` and in its per-image ``status``, with the file
+and the stage) and the pair skipped; the other images are still extracted.
 """
 
 from __future__ import annotations
@@ -26,13 +27,21 @@ from mechanoscope.cells._validate import (
     LabelImageError,
     ShapeMismatchError,
     as_label_array,
+    compact_ids,
 )
 from mechanoscope.cells.crops import CropConfig, crop_cells, crop_outside_fraction
 from mechanoscope.cells.morphology import measure_cells
 from mechanoscope.cells.quality import QualityConfig, quality_flags
 from mechanoscope.cells.store import CropStoreWriter
-from mechanoscope.errors import AxesError, ConfigError, MechanoscopeError, MechanoscopeWarning
-from mechanoscope.io.atomic import write_json
+from mechanoscope.errors import (
+    AxesError,
+    BatchFailedError,
+    ConfigError,
+    MechanoscopeError,
+    MechanoscopeWarning,
+    failure_message,
+)
+from mechanoscope.io.atomic import make_output_folder, write_json
 from mechanoscope.io.images import (
     Image,
     check_image_values,
@@ -310,6 +319,7 @@ def extract_cells(
     crops: list[np.ndarray] = []
     for t in range(img.shape[0]):
         lab_t = as_label_array(lab[t], lab_where, relabel_components=cfg.relabel)
+        lab_t, original_ids = compact_ids(lab_t)
         tab = measure_cells(lab_t, img[t], pixel_size_um=px, image_id=str(image_id), frame=t)
         tab = quality_flags(tab, lab_t.shape, cfg.quality)
         tab["pixel_size_um"] = px
@@ -317,8 +327,10 @@ def extract_cells(
             tab, lab_t.shape, pixel_size_um=px, config=cfg.crop
         )
         tab["crop_pad_value"] = pad
-        tables.append(tab)
         crops.append(crop_cells(img[t], lab_t, tab, pixel_size_um=px, config=cfg.crop, pad_value=pad))
+        if original_ids is not None:  # back to the ids of the label image
+            tab["cell_id"] = original_ids[tab["cell_id"].to_numpy(dtype=np.int64)].astype(np.int64)
+        tables.append(tab)
     nonempty = [t for t in tables if len(t)]
     table = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0].reset_index(drop=True)
     crop_arr = np.concatenate(crops, axis=0)
@@ -424,7 +436,9 @@ class ExtractResult:
     n_cells
         Rows of the cell table (= crops).
     errors
-        One dict (``image``, ``labels``, ``error``) per skipped image or label file.
+        One dict (``image``, ``labels``, ``file``, ``stage``, ``error``) per skipped image
+        or label file; ``stage`` is ``"pair"``, ``"read image"``, ``"read labels"`` or
+        ``"extract"``.
     table
         The cell table that was written.
     """
@@ -455,6 +469,8 @@ def extract_folder(
     out_dir: str | os.PathLike[str],
     config: ExtractConfig | dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    max_pixels: int | None = None,
 ) -> ExtractResult:
     """Extract cells from many images, writing a run folder.
 
@@ -471,6 +487,9 @@ def extract_folder(
         :class:`ExtractConfig` or a dict of its fields.
     progress
         ``progress(done, total)`` after each image pair (skipped ones included).
+    max_pixels
+        Largest image (values per file) read; default
+        :func:`~mechanoscope.io.images.max_pixels_limit`.
 
     Returns
     -------
@@ -478,20 +497,23 @@ def extract_folder(
 
     Notes
     -----
-    A pair that fails (unreadable file, shape mismatch, binary mask, missing pixel
-    size, …) is reported with a :class:`MechanoscopeWarning` and in ``errors`` of the
-    result and ``extract.json``, and skipped. If no pair at all can be extracted a
-    :class:`~mechanoscope.errors.MechanoscopeError` listing the problems is raised and
-    nothing in ``out_dir`` is touched. Crops are streamed to the store one image at
-    a time.
+    A pair that fails for any reason (unreadable file, shape mismatch, binary mask,
+    missing pixel size, an unexpected error, …) is reported with a
+    :class:`MechanoscopeWarning` and in ``errors`` of the result and ``extract.json``
+    (and as ``failed`` in its per-image ``status``), and skipped. If no pair at all can
+    be extracted a :class:`~mechanoscope.errors.BatchFailedError` listing the problems
+    is raised and nothing in ``out_dir`` is touched. Crops are streamed to the store
+    one image at a time.
     """
+    from mechanoscope.io.images import max_pixels_limit
+
     cfg = _as_config(config)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MechanoscopeError(f"{out}: output path exists and is not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(out_dir, "run folder (--out)")
+    max_pixels_limit(max_pixels)  # a bad limit fails before any work
     pairs, errors = pair_images_and_labels(images, labels)
     for prob in errors:
+        prob.setdefault("file", prob["image"] or prob["labels"])
+        prob.setdefault("stage", "pair")
         warnings.warn(prob["error"], MechanoscopeWarning, stacklevel=2)
 
     table_path = out / "cells.parquet"
@@ -508,9 +530,12 @@ def extract_folder(
         attrs={"anti_aliasing": cfg.crop.anti_aliasing, "mechanoscope_version": __version__},
     ) as writer:
         for i, (img_path, lab_path) in enumerate(pairs):
+            stage, where = "read image", img_path
             try:
-                img = read_image(img_path, axes=cfg.axes, pixel_size_um=cfg.pixel_size_um)
-                lab = read_label_image(lab_path)
+                img = read_image(img_path, axes=cfg.axes, pixel_size_um=cfg.pixel_size_um, max_pixels=max_pixels)
+                stage, where = "read labels", lab_path
+                lab = read_label_image(lab_path, max_pixels=max_pixels)
+                stage, where = "extract", img_path
                 if (
                     lab.pixel_size_um is not None
                     and img.pixel_size_um is not None
@@ -523,10 +548,10 @@ def extract_folder(
                         stacklevel=2,
                     )
                 table, crops = extract_cells(img, lab, config=cfg, image_id=img_path.stem)
-            except (MechanoscopeError, OSError) as exc:
-                msg = str(exc)
+            except Exception as exc:  # one pair never ends the batch: record it, go on
+                msg = failure_message(exc, where)
                 warnings.warn(f"skipped {img_path.name}: {msg}", MechanoscopeWarning, stacklevel=2)
-                errors.append({"image": str(img_path), "labels": str(lab_path), "error": msg})
+                errors.append({"image": str(img_path), "labels": str(lab_path), "file": str(where), "stage": stage, "error": msg})
             else:
                 writer.append(
                     crops,
@@ -554,9 +579,10 @@ def extract_folder(
             writer.abort()  # keep the results of an earlier run in out_dir untouched
     if not inputs:
         shown = "; ".join(e["error"] for e in errors[:3]) + (" …" if len(errors) > 3 else "")
-        raise MechanoscopeError(
+        raise BatchFailedError(
             f"no image could be extracted ({len(pairs)} image/label pair(s), {len(errors)} "
-            f"problem(s)); nothing was written to {out}. {shown}"
+            f"problem(s)); nothing was written to {out}. {shown}",
+            errors,
         )
 
     nonempty = [t for t in tables if len(t)]
@@ -567,6 +593,13 @@ def extract_folder(
         "provenance": {"versions": _versions(), "function": "mechanoscope.cells.extract_folder"},
         "inputs": inputs,
         "errors": errors,
+        "n_failed": len(errors),
+        "status": [
+            {"image": e["image"], "labels": e["labels"], "image_id": e["image_id"], "status": "done"} for e in inputs
+        ] + [
+            {"image": e["image"], "labels": e["labels"], "file": e["file"], "status": "failed", "stage": e["stage"], "error": e["error"]}
+            for e in errors
+        ],
         "n_images": len(inputs),
         "n_cells": int(len(full)),
         "outputs": {"cells": table_path.name, "crops": crops_path.name},

@@ -9,7 +9,9 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from rich.markup import escape
+
+from mechanoscope.cli._common import console, finish_batch, flag_given, user_errors
 
 __all__ = ["register", "extract"]
 
@@ -49,13 +51,17 @@ def extract(
     config: Optional[Path] = typer.Option(
         None, help="JSON/YAML file with extraction settings (or an extract.json); flags given explicitly override it."
     ),
+    max_pixels: Optional[int] = typer.Option(
+        None, min=1, help="Refuse images with more pixels than this, checked before reading (default 200000000 or $MECHANOSCOPE_MAX_PIXELS)."
+    ),
 ) -> None:
     """Measure every labelled cell, flag bad ones, and cut fixed-physical-size crops.
 
     Writes OUT/cells.parquet (one row per cell: morphology in µm, intensity, texture,
     quality flags), OUT/crops.zarr ((N, C, H, W) crops in table row order) and
-    OUT/extract.json (settings, inputs, versions, skipped files). A bad image/label
-    pair is reported and skipped.
+    OUT/extract.json (settings, inputs, versions, per-image status). A bad
+    image/label pair is reported, recorded with its stage and skipped, and the command
+    then exits with status 1.
     """
     from mechanoscope.cells.extract import ExtractConfig, _load_mapping, extract_folder
 
@@ -90,17 +96,20 @@ def extract(
             warnings.simplefilter("always")
             task = bar.add_task("extract", total=None)
             result = extract_folder(
-                images, labels, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n)
+                images, labels, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n),
+                max_pixels=max_pixels,
             )
     for w in caught:
         if not any(str(w.message).endswith(e["error"]) for e in result.errors):
-            console.print(f"[yellow]warning:[/yellow] {w.message}")
+            console.print(f"[yellow]warning:[/yellow] {escape(str(w.message))}")
     for e in result.errors:
-        console.print(f"[yellow]skipped:[/yellow] {e['error']}")
+        console.print(f"[yellow]skipped:[/yellow] {escape(e['error'])}")
     n_pass = int(result.table["qc_pass"].sum()) if result.table is not None and len(result.table) else 0
-    console.print(
-        f"extracted {result.n_cells} cells ({n_pass} pass QC) from {result.n_images} images into {out}"
-        + (f"; {len(result.errors)} problem(s), see extract.json" if result.errors else "")
+    finish_batch(
+        len(result.errors),
+        result.n_images + len(result.errors),
+        result.summary_path,
+        f"extracted {result.n_cells} cells ({n_pass} pass QC) from {result.n_images} images into {out}",
     )
 
 

@@ -60,8 +60,34 @@ from mechanoscope.cli import predict as _predict  # noqa: E402
 _predict.register(app)
 
 
-def main() -> None:  # pragma: no cover - entry point
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The ``mechanoscope`` command with a safety net: never a Python traceback.
+
+    Errors the verbs expect are handled inside them (exit 1 or 2, see
+    :mod:`mechanoscope.cli._common`); anything else that escapes is printed as one line
+    ending in "this is a bug; please report it" and exits with 3. ``MECHANOSCOPE_DEBUG=1``
+    lets the traceback through. Ctrl-C exits with 130 and one line.
+    """
+    import sys
+
+    from mechanoscope.cli._common import EXIT_BUG, console, debug_enabled, unexpected_error_message
+
+    try:
+        app(args=argv, prog_name="mechanoscope")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        console.print("[red]interrupted[/red]; what was finished is kept, run the same command again to resume")
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: one line, no traceback
+        if debug_enabled():
+            raise
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(unexpected_error_message(exc))}")
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
-from mechanoscope.cli._common import console, user_errors
+from mechanoscope.cli._common import console, finish_batch, user_errors
 
 
 def predict(
@@ -17,20 +19,43 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (may be the input run folder)."),
     segmentation: str = typer.Option("classical", help="For images: classical, or a segmentation model folder."),
     pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm when the images' metadata lacks it."),
-    batch_size: int = typer.Option(256, help="Crops per batch."),
+    batch_size: int = typer.Option(256, min=1, help="Crops per batch."),
+    overwrite: bool = typer.Option(False, help="For images: redo the segmentation, also when --out holds labels made with other settings."),
+    max_pixels: Optional[int] = typer.Option(
+        None, min=1, help="Refuse images with more pixels than this, checked before reading (default 200000000 or $MECHANOSCOPE_MAX_PIXELS)."
+    ),
 ) -> None:
-    """Predict every cell and write the cell table with pred_* columns and predict.json."""
+    """Predict every cell and write the cell table with pred_* columns and predict.json.
+
+    From images, a bad image is reported, recorded in predict.json (file, stage,
+    message) and skipped, and the command then exits with status 1.
+    """
     from mechanoscope.pipeline import predict_run
 
-    with user_errors():
+    with user_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=console, transient=True) as bar:
             tid = bar.add_task("loading", total=1)
             info = predict_run(source, [str(m) for m in model], out, segmentation=segmentation, pixel_size_um=pixel_size_um, batch_size=batch_size,
+                               overwrite=overwrite, max_pixels=max_pixels,
                                progress=lambda stage, i, n: bar.update(tid, description=stage, completed=i, total=n))
+    failed = [e for e in info.get("status", []) if e["status"] == "failed"]
+    seen: set[str] = set()
+    for w in caught:  # failures are listed once below; other warnings once each
+        text = str(w.message)
+        if text not in seen and not any(e["error"] in text for e in failed):
+            seen.add(text)
+            console.print(f"[yellow]warning:[/yellow] {escape(text)}")
+    for e in failed:
+        console.print(f"[yellow]skipped:[/yellow] {escape(e['error'])}")
     if info["n_cells"] == 0:
-        console.print(f"[yellow]no cell was found[/yellow]; wrote an empty cell table to {out / 'cells.parquet'}")
+        summary = f"no cell was found; wrote an empty cell table to {out / 'cells.parquet'}"
+        if not failed:
+            console.print(f"[yellow]no cell was found[/yellow]; wrote an empty cell table to {escape(str(out / 'cells.parquet'))}")
+            return
     else:
-        console.print(f"predicted {info['n_cells']} cells in {info['n_images']} images ({info['crops_per_second']} crops/s) → {out / 'cells.parquet'}")
+        summary = f"predicted {info['n_cells']} cells in {info['n_images']} images ({info['crops_per_second']} crops/s) → {out / 'cells.parquet'}"
+    finish_batch(len(failed), len(info.get("status", [])), out / "predict.json", summary)
 
 
 def register(app: typer.Typer) -> None:

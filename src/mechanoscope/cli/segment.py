@@ -28,9 +28,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.markup import escape
 from typer.core import TyperGroup
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from mechanoscope.cli._common import console, finish_batch, flag_given, user_errors
 
 __all__ = ["register", "segment_app"]
 
@@ -89,12 +90,16 @@ def run(
     overwrite: bool = typer.Option(
         False, help="Redo every image, also when --out holds labels from different settings."
     ),
+    max_pixels: Optional[int] = typer.Option(
+        None, min=1, help="Refuse images with more pixels than this, checked before reading (default 200000000 or $MECHANOSCOPE_MAX_PIXELS)."
+    ),
 ) -> None:
     """Segment every image into a label image (0 = background, one id per cell).
 
     Writes OUT/labels/<name>.tif (with the image's pixel size) and OUT/segment.json
     (method, settings, provenance, per-image status). Re-running skips images whose
-    labels exist; a bad image is reported and skipped.
+    labels exist; a bad image is reported, recorded with its stage and skipped, and
+    the command then exits with status 1.
     """
     from mechanoscope.config import read_config_mapping
     from mechanoscope.errors import SkippedInputWarning
@@ -124,6 +129,7 @@ def run(
             result = segment_images(
                 images, out, method=method, settings=settings, pixel_size_um=pixel_size_um, axes=axes,
                 channel=channel, frame=frame, device=device, overwrite=overwrite, progress=progress, command=sys.argv,
+                max_pixels=max_pixels,
             )
     seen = set()
     for w in caught:
@@ -132,11 +138,13 @@ def run(
             seen.add(text)
             console.print(f"[yellow]warning:[/yellow] {text}")
     for err in result.errors:
-        console.print(f"[yellow]skipped:[/yellow] {err['error']}")
-    console.print(
+        console.print(f"[yellow]skipped:[/yellow] {escape(err['error'])}")
+    finish_batch(
+        len(result.errors),
+        result.n_done + result.n_skipped + len(result.errors),
+        result.record_path or out / "segment.json",
         f"segmented {result.n_done} image(s) into {out / 'labels'}"
-        + (f", {result.n_skipped} already done" if result.n_skipped else "")
-        + (f"; {len(result.errors)} problem(s), see segment.json" if result.errors else "")
+        + (f", {result.n_skipped} already done" if result.n_skipped else ""),
     )
 
 

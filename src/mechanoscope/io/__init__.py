@@ -1,6 +1,6 @@
 """Input and output: images with axes and pixel size, label images, tables, JSON."""
 
-from mechanoscope.io.atomic import atomic_path, write_json
+from mechanoscope.io.atomic import atomic_path, check_output_folder_path, make_output_folder, write_json
 from mechanoscope.io.images import (
     IMAGE_SUFFIXES,
     Image,
@@ -18,7 +18,9 @@ __all__ = [
     "Image",
     "atomic_path",
     "check_image_values",
+    "check_output_folder_path",
     "image_paths",
+    "make_output_folder",
     "read_image",
     "read_label_image",
     "read_table",

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json"]
+__all__ = ["atomic_path", "check_output_folder_path", "make_output_folder", "write_json"]
 
 
 @contextlib.contextmanager
@@ -68,3 +68,58 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
     return Path(path)
+
+
+def check_output_folder_path(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Check, without creating anything, that a folder can be created or written at ``path``.
+
+    Meant to run before any long work, so that a bad output path fails in a second.
+    Walks up to the nearest existing ancestor: it must be a folder (not a regular
+    file) where this process may create entries.
+
+    Raises
+    ------
+    OutputFolderError
+        ``path`` is a regular file, lies under a regular file, or is not writable.
+    """
+    from mechanoscope.errors import OutputFolderError
+
+    final = Path(path)
+    if final.exists() and not final.is_dir():
+        raise OutputFolderError(
+            f"{final}: the {what} is an existing file, not a folder; choose another path (nothing was written)"
+        )
+    probe = final
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputFolderError(
+            f"{final}: cannot create the {what} because {probe} is a regular file, not a "
+            "folder; choose another path (nothing was written)"
+        )
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"{final}: no permission to write in {probe}; choose a folder you can write to "
+            "(nothing was written)"
+        )
+    return final
+
+
+def make_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) after :func:`check_output_folder_path`.
+
+    An operating-system error (read-only disk, name too long, …) becomes an
+    :class:`~mechanoscope.errors.OutputFolderError` naming the folder.
+    """
+    from mechanoscope.errors import OutputFolderError
+
+    final = check_output_folder_path(path, what)
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(
+            f"{final}: could not create the {what} ({exc.strerror or exc}); choose another path"
+        ) from None
+    return final

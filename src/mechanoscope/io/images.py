@@ -24,6 +24,7 @@ import numpy as np
 from mechanoscope.errors import (
     AxesError,
     ImageReadError,
+    ImageTooLargeError,
     MechanoscopeError,
     MechanoscopeWarning,
     MissingPixelSizeError,
@@ -39,9 +40,15 @@ __all__ = [
     "check_image_values",
     "image_paths",
     "IMAGE_SUFFIXES",
+    "DEFAULT_MAX_PIXELS",
+    "max_pixels_limit",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
+DEFAULT_MAX_PIXELS = 200_000_000
+"""Default limit on the number of values (pixels × frames × channels) of one image file,
+checked from the file header before any pixel is read; ``MECHANOSCOPE_MAX_PIXELS`` in the
+environment or the ``max_pixels`` argument (CLI: ``--max-pixels``) change it."""
 _VALID_AXES = set("TCZYX")
 # plausible range of a light-microscope pixel size; outside it a resolution tag is
 # almost certainly a print resolution (72 dpi ...) and not a physical pixel size
@@ -98,7 +105,15 @@ class Image:
             if ax not in axes:
                 raise AxesError(f"{self._where()}: no axis {ax!r} in axes {axes!r}")
             k = axes.index(ax)
-            data = np.take(data, i, axis=k)
+            n = data.shape[k]
+            if not -n <= int(i) < n:
+                what = {"T": "frame", "C": "channel", "Z": "plane"}.get(ax, f"index along axis {ax}")
+                option = {"T": " (--frame)", "C": " (--channel)"}.get(ax, "")
+                raise AxesError(
+                    f"{self._where()}: {what} {i}{option} is out of range: the image has {n} "
+                    f"{what.split()[0]}{'s' if n != 1 else ''} along axis {ax!r} (0..{n - 1})"
+                )
+            data = np.take(data, int(i), axis=k)
             axes = axes[:k] + axes[k + 1 :]
         return Image(data, axes, self.pixel_size_um, self.path, self.pixel_size_source, self.metadata)
 
@@ -208,13 +223,45 @@ def _tiff_pixel_size(tif: Any, page: Any) -> float | None:
     return size if lo <= size <= hi else None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The pixel-count limit in force: ``max_pixels``, else ``MECHANOSCOPE_MAX_PIXELS``, else the default."""
+    if max_pixels is None:
+        env = os.environ.get("MECHANOSCOPE_MAX_PIXELS", "").strip()
+        if env:
+            try:
+                max_pixels = int(float(env))
+            except ValueError:
+                raise MechanoscopeError(
+                    f"MECHANOSCOPE_MAX_PIXELS={env!r} is not a number; set it to a pixel count, e.g. 200000000"
+                ) from None
+        else:
+            max_pixels = DEFAULT_MAX_PIXELS
+    if max_pixels < 1:
+        raise MechanoscopeError(f"max_pixels must be at least 1, got {max_pixels}")
+    return int(max_pixels)
+
+
+def _check_pixel_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+    """Refuse, before reading, an image whose header claims more values than ``max_pixels``."""
+    n = int(np.prod([int(d) for d in shape], dtype=object)) if shape else 0
+    if n > max_pixels:
+        dims = " × ".join(str(int(d)) for d in shape)
+        raise ImageTooLargeError(
+            f"{path}: the file header says the image is {dims} = {n:,} pixels, more than the "
+            f"limit of {max_pixels:,} per image; crop or tile it first, or raise the limit with "
+            "--max-pixels (or MECHANOSCOPE_MAX_PIXELS) if this machine has the memory "
+            "(segmentation needs roughly 50 bytes per pixel)"
+        )
+
+
+def _read_tiff(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None, float | None]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ImageReadError(f"{path}: TIFF holds no image data")
         series = tif.series[0]
+        _check_pixel_count(path, tuple(series.shape), max_pixels)
         data = series.asarray()
         axes = series.axes
         # only ImageJ and OME metadata name the axes reliably; a generic 'shaped' or
@@ -227,9 +274,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, float | None]:
     return data, axes, px
 
 
-def _read_png(path: Path) -> tuple[np.ndarray, str | None, float | None]:
+def _read_png(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None, float | None]:
     import imageio.v3 as iio
 
+    _check_pixel_count(path, tuple(iio.improps(path).shape), max_pixels)
     data = np.asarray(iio.imread(path))
     if data.ndim == 3:
         if data.shape[-1] == 4:  # drop alpha
@@ -241,7 +289,7 @@ def _read_png(path: Path) -> tuple[np.ndarray, str | None, float | None]:
     return data, "YX" if data.ndim == 2 else None, None
 
 
-def _read_zarr(path: Path) -> tuple[np.ndarray, str | None, float | None]:
+def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None, float | None]:
     import zarr
 
     group = zarr.open(str(path), mode="r")
@@ -249,13 +297,16 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, str | None, float | None]:
     ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if not ms:
         if hasattr(group, "shape"):
+            _check_pixel_count(path, tuple(group.shape), max_pixels)
             return np.asarray(group[...]), None, None
         raise ImageReadError(f"{path}: Zarr store has no OME 'multiscales' metadata")
     ms0 = ms[0]
     axes_meta = ms0.get("axes", [])
     axes = "".join((a["name"] if isinstance(a, dict) else a).upper() for a in axes_meta) or None
     ds0 = ms0["datasets"][0]
-    data = np.asarray(group[ds0["path"]][...])
+    array = group[ds0["path"]]
+    _check_pixel_count(path, tuple(array.shape), max_pixels)
+    data = np.asarray(array[...])
     px = None
     if axes and "X" in axes:
         for tr in ds0.get("coordinateTransformations", []):
@@ -275,6 +326,7 @@ def read_image(
     axes: str | None = None,
     pixel_size_um: float | None = None,
     require_pixel_size: bool = True,
+    max_pixels: int | None = None,
 ) -> Image:
     """Read a microscope image with its axes and pixel size.
 
@@ -291,6 +343,9 @@ def read_image(
     require_pixel_size
         If true (default) an image without a pixel size in its metadata and without
         ``pixel_size_um`` raises :class:`MissingPixelSizeError`.
+    max_pixels
+        Largest number of values (Y × X × frames × channels …) accepted, checked from
+        the file header before any pixel is read; default :func:`max_pixels_limit`.
 
     Returns
     -------
@@ -302,6 +357,8 @@ def read_image(
     ------
     ImageReadError
         Missing, empty, corrupt or truncated file, or an unsupported format.
+    ImageTooLargeError
+        The header claims more than ``max_pixels`` values.
     AxesError
         Axes not given and not determinable, or ``axes`` not matching the data.
     MissingPixelSizeError
@@ -315,20 +372,26 @@ def read_image(
     if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise MechanoscopeError(f"pixel_size_um must be a positive number of µm, got {pixel_size_um}")
     suffix = p.suffix.lower()
+    limit = max_pixels_limit(max_pixels)
     try:
         if suffix in (".tif", ".tiff"):
-            data, file_axes, meta_px = _read_tiff(p)
+            data, file_axes, meta_px = _read_tiff(p, limit)
             file_axes = _normalise_tiff_axes(file_axes) if file_axes else None
         elif suffix in (".png", ".jpg", ".jpeg"):
-            data, file_axes, meta_px = _read_png(p)
+            data, file_axes, meta_px = _read_png(p, limit)
         elif suffix == ".zarr":
-            data, file_axes, meta_px = _read_zarr(p)
+            data, file_axes, meta_px = _read_zarr(p, limit)
         else:
             raise ImageReadError(
                 f"{p}: unsupported file type {suffix!r}; use TIFF, OME-TIFF, PNG or OME-Zarr"
             )
     except MechanoscopeError:
         raise
+    except MemoryError:
+        raise ImageReadError(
+            f"{p}: not enough memory to read this image; crop or tile it, or lower --max-pixels "
+            "so that such files are refused before reading"
+        ) from None
     except Exception as exc:  # corrupt/truncated files raise many different errors
         raise ImageReadError(
             f"{p}: could not be read as an image ({type(exc).__name__}: {exc}); the file may "
@@ -472,14 +535,14 @@ def write_label_image(
 
 
 def read_label_image(
-    path: str | os.PathLike[str], *, pixel_size_um: float | None = None
+    path: str | os.PathLike[str], *, pixel_size_um: float | None = None, max_pixels: int | None = None
 ) -> Image:
     """Read a label image (integer ids, 0 = background).
 
     The pixel size is optional here (labels are usually paired with an image that
     has one). Raises :class:`ImageReadError` if the data is not integer.
     """
-    img = read_image(path, pixel_size_um=pixel_size_um, require_pixel_size=False)
+    img = read_image(path, pixel_size_um=pixel_size_um, require_pixel_size=False, max_pixels=max_pixels)
     data = img.data
     if not np.issubdtype(data.dtype, np.integer):
         if np.issubdtype(data.dtype, np.floating) and np.all(np.isfinite(data)) and np.all(data == np.round(data)) and data.min() >= 0:

@@ -229,11 +229,14 @@ def _is_model_folder(path: Path) -> bool:
 def check_output_folder(folder: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Raise :class:`OutputFolderError` unless a model folder may be written to ``folder``.
 
-    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) an
-    existing model folder. Call it before a long training so that a bad output path
-    fails at once rather than after hours.
+    Allowed: a path that does not exist but can be created (not under a regular file,
+    in a writable folder), an empty folder, or (with ``overwrite``) an existing model
+    folder. Call it before a long training so that a bad output path fails at once
+    rather than after hours.
     """
-    final = Path(folder)
+    from mechanoscope.io.atomic import check_output_folder_path
+
+    final = check_output_folder_path(folder, "model folder (--out)")
     if not final.exists():
         return
     if final.is_dir() and not any(final.iterdir()):

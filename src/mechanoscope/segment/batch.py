@@ -5,8 +5,10 @@ from raw images and the demo. It writes ``OUT/labels/<stem>.tif`` (``<stem>`` is
 image file's stem, which is how ``extract`` pairs labels with images) and
 ``OUT/segment.json``: method, settings, provenance and a status per image. Re-running
 with the same settings skips images whose labels exist; different settings are
-refused unless ``overwrite``; a bad image is recorded and skipped, and the record is
-rewritten after every image so nothing finished is lost.
+refused unless ``overwrite`` (a record in which no image finished never blocks a
+corrected re-run); any error while reading, segmenting or writing one image is recorded
+(file, stage, message) and the image skipped, and the record is rewritten after every
+image so nothing finished is lost.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mechanoscope.config import validate_mapping
-from mechanoscope.errors import MechanoscopeError, OutputFolderError, SkippedInputWarning
+from mechanoscope.errors import ImageReadError, MechanoscopeError, OutputFolderError, SkippedInputWarning, failure_message
 
-__all__ = ["segment_images", "SegmentRunResult", "read_plane"]
+__all__ = ["segment_images", "SegmentRunResult", "read_plane", "MIN_IMAGE_SIZE_PX"]
+
+MIN_IMAGE_SIZE_PX = 8
+"""Smallest edge length (pixels) of an image that is segmented; smaller ones are an error."""
 
 
 @dataclass
@@ -36,8 +41,11 @@ class SegmentRunResult:
     ----------
     labels
         Label files written or found, in input order (failed images left out).
+    images
+        The image file of each entry of ``labels``.
     errors
-        ``{"file", "error"}`` for every image that was skipped.
+        ``{"file", "stage", "error"}`` for every image that was skipped (``stage``:
+        ``"input"``, ``"read"``, ``"segment"`` or ``"write"``).
     n_done, n_skipped
         Images segmented now / already segmented by an earlier run.
     record_path
@@ -45,21 +53,25 @@ class SegmentRunResult:
     """
 
     labels: list[Path] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     n_done: int = 0
     n_skipped: int = 0
     record_path: Path | None = None
 
 
-def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = None, axes: str | None = None, channel: int | None = None, frame: int | None = None) -> tuple[np.ndarray, float]:
+def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = None, axes: str | None = None, channel: int | None = None, frame: int | None = None, max_pixels: int | None = None) -> tuple[np.ndarray, float]:
     """Read one 2-D plane (Y, X) to segment and its pixel size (µm).
 
-    ``channel`` / ``frame`` pick a plane of multichannel / time-lapse files; an image
-    that is still not 2-D, or has NaN/constant values, is a clear error naming the file.
+    ``channel`` / ``frame`` pick a plane of multichannel / time-lapse files (an index
+    out of range is an :class:`~mechanoscope.errors.AxesError`); an image that is
+    still not 2-D, is smaller than :data:`MIN_IMAGE_SIZE_PX` on a side, has
+    NaN/constant values, or whose header claims more than ``max_pixels`` values is a
+    clear error naming the file.
     """
     from mechanoscope.io.images import check_image_values, read_image
 
-    img = read_image(path, pixel_size_um=pixel_size_um, axes=axes)
+    img = read_image(path, pixel_size_um=pixel_size_um, axes=axes, max_pixels=max_pixels)
     index = {}
     if channel is not None and "C" in img.axes:
         index["C"] = channel
@@ -68,6 +80,11 @@ def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = No
     if index:
         img = img.plane(**index)
     arr = img.as_2d()
+    if min(arr.shape) < MIN_IMAGE_SIZE_PX:
+        raise ImageReadError(
+            f"{path}: image is only {arr.shape[0]} × {arr.shape[1]} pixels; segmentation needs at "
+            f"least {MIN_IMAGE_SIZE_PX} × {MIN_IMAGE_SIZE_PX} (is this the right file?)"
+        )
     check_image_values(arr, str(path))
     return arr, float(img.pixel_size_um)  # type: ignore[arg-type]
 
@@ -117,6 +134,7 @@ def segment_images(
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     command: list[str] | str | None = None,
+    max_pixels: int | None = None,
 ) -> SegmentRunResult:
     """Segment every image into ``out/labels/<stem>.tif`` and record it in ``out/segment.json``.
 
@@ -136,6 +154,9 @@ def segment_images(
         How to read the images (default: from each file's metadata).
     overwrite
         Redo every image, also when ``out`` holds labels from other settings.
+    max_pixels
+        Largest image (values per file) read; default
+        :func:`~mechanoscope.io.images.max_pixels_limit`.
     progress
         ``progress(done, total, file_name)`` after each image.
 
@@ -143,12 +164,13 @@ def segment_images(
     -------
     SegmentRunResult
     """
-    from mechanoscope.io.atomic import write_json
-    from mechanoscope.io.images import image_paths, write_label_image
+    from mechanoscope.io.atomic import check_output_folder_path, make_output_folder, write_json
+    from mechanoscope.io.images import image_paths, max_pixels_limit, write_label_image
     from mechanoscope.learn.model_folder import provenance
 
+    out = check_output_folder_path(out, "run folder (--out)")
+    max_pixels_limit(max_pixels)  # a bad limit fails before any work
     paths = image_paths(images) if not isinstance(images, list) else [Path(p) for p in images]
-    out = Path(out)
     segment_one, method_info, cfg = _segmenter(method, dict(settings or {}), device)
     record_settings = {**method_info, "config": cfg.model_dump(mode="json"), "pixel_size_um": pixel_size_um, "axes": axes, "channel": channel, "frame": frame}
     record_path = out / "segment.json"
@@ -158,18 +180,21 @@ def segment_images(
             previous = json.loads(record_path.read_text())
         except (OSError, ValueError):
             previous = {}
-        if previous.get("settings") != record_settings and not overwrite:
+        finished = any(isinstance(v, dict) and v.get("status") == "done" for v in dict(previous.get("images") or {}).values())
+        if not finished and not _has_labels(out):
+            previous = {}  # no image finished: a corrected re-run simply starts afresh
+        elif previous.get("settings") != record_settings and not overwrite:
             raise OutputFolderError(
                 f"{out}: holds labels from a segmentation with different settings "
                 f"(method {previous.get('settings', {}).get('method')!r}); use another "
                 "--out, or pass --overwrite to redo every image with the new settings"
             )
-    elif (out / "labels").is_dir() and any((out / "labels").iterdir()) and not overwrite:
+    elif _has_labels(out) and not overwrite:
         raise OutputFolderError(
             f"{out}: has a labels/ folder but no segment.json, so it is not a segment run; "
             "use another --out or pass --overwrite"
         )
-    (out / "labels").mkdir(parents=True, exist_ok=True)
+    make_output_folder(out / "labels", "labels folder")
     results: dict[str, Any] = dict(previous.get("images", {})) if not overwrite else {}
     record = {"settings": record_settings, "provenance": provenance(command=command if command is not None else sys.argv), "images": results}
     result = SegmentRunResult(record_path=record_path)
@@ -178,8 +203,8 @@ def segment_images(
     for p in paths:
         if p.stem in stems:
             msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
-            result.errors.append({"file": str(p), "error": msg})
-            results[p.name] = {"image": str(p), "status": "failed", "error": msg}
+            result.errors.append({"file": str(p), "stage": "input", "error": msg})
+            results[p.name] = {"image": str(p), "status": "failed", "stage": "input", "error": msg}
             warnings.warn(msg, SkippedInputWarning, stacklevel=2)
         else:
             stems[p.stem] = p
@@ -188,24 +213,35 @@ def segment_images(
         if target.is_file() and not overwrite:
             result.n_skipped += 1
             result.labels.append(target)
+            result.images.append(path)
             results.setdefault(stem, {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done"})
         else:
             t0 = time.perf_counter()
+            stage = "read"
             try:
-                arr, px = read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame)
+                arr, px = read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame, max_pixels=max_pixels)
+                stage = "segment"
                 labels = segment_one(arr, px)
+                stage = "write"
                 write_label_image(target, labels, pixel_size_um=px)
-            except (MechanoscopeError, OSError) as exc:
-                msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                result.errors.append({"file": str(path), "error": msg})
-                results[stem] = {"image": str(path), "status": "failed", "error": msg}
+            except Exception as exc:  # one image never ends the batch: record it, go on
+                msg = failure_message(exc, path)
+                result.errors.append({"file": str(path), "stage": stage, "error": msg})
+                results[stem] = {"image": str(path), "status": "failed", "stage": stage, "error": msg}
                 warnings.warn(f"skipped {msg}", SkippedInputWarning, stacklevel=2)
             else:
                 result.n_done += 1
                 result.labels.append(target)
+                result.images.append(path)
                 results[stem] = {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done", "n_cells": int(labels.max()), "pixel_size_um": px, "seconds": round(time.perf_counter() - t0, 3)}
+            record["n_failed"] = sum(1 for v in results.values() if v.get("status") == "failed")
             write_json(record, record_path)
         if progress:
             progress(k + 1, len(stems), path.name)
+    record["n_failed"] = sum(1 for v in results.values() if v.get("status") == "failed")
     write_json(record, record_path)
     return result
+
+
+def _has_labels(out: Path) -> bool:
+    return (out / "labels").is_dir() and any((out / "labels").iterdir())
