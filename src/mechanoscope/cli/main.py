@@ -58,6 +58,9 @@ _train.register(app)
 from mechanoscope.cli import predict as _predict  # noqa: E402
 
 _predict.register(app)
+from mechanoscope.cli import afm as _afm  # noqa: E402
+
+_afm.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,6 +66,38 @@ def adherent(
     console.print(f"wrote {cfg.n_images} images with {len(cells)} cells {counts} to {out}")
 
 
+@simulate_app.command("afm")
+def afm(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (afmformats HDF5 curve files, truth.parquet, simulation.json)."),
+    n_curves: int = typer.Option(20, help="Number of curves (ignored with --measurements)."),
+    measurements: Optional[Path] = typer.Option(None, help="Table with image_id, position_y_um, position_x_um, measured_stiffness_pa (e.g. afm.parquet of 'simulate adherent'): one curve per row, one file per image."),
+    youngs_modulus_range_pa: tuple[float, float] = typer.Option((300.0, 30000.0), help="E drawn log-uniformly in this range (Pa)."),
+    indenter: str = typer.Option("paraboloid", help="paraboloid (fit with hertz_para) or cone (hertz_cone)."),
+    tip_radius_um: float = typer.Option(10.0, help="Paraboloid tip radius (µm)."),
+    noise_pn: float = typer.Option(10.0, help="Gaussian force noise (pN)."),
+    baseline_tilt_pn_per_um: float = typer.Option(0.0, help="Largest baseline tilt (pN per µm of base height)."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with an AFMCurveSimConfig; flags given explicitly override it."),
+    seed: int = typer.Option(0, help="Random seed; same seed → identical files."),
+) -> None:
+    """Simulate AFM force curves with known Young's modulus, contact point, baseline tilt and noise."""
+    from mechanoscope.simulate.afm_curves import AFMCurveSimConfig, simulate_afm_curves
+
+    with user_errors():
+        base = AFMCurveSimConfig.from_file(config).model_dump() if config else {}
+        flags = {"n_curves": n_curves, "youngs_modulus_range_pa": youngs_modulus_range_pa, "indenter": indenter,
+                 "tip_radius_um": tip_radius_um, "noise_pn": noise_pn, "baseline_tilt_pn_per_um": baseline_tilt_pn_per_um}
+        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
+        cfg = AFMCurveSimConfig.build(**base)
+        table = None
+        if measurements is not None:
+            from mechanoscope.io.tables import read_table
+
+            table = read_table(measurements)
+        truth = simulate_afm_curves(out, cfg, measurements=table, seed=seed)
+    console.print(f"wrote {len(truth)} curves in {truth['file'].nunique()} file(s) and truth.parquet to {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``simulate`` verb to the main app."""
     app.add_typer(simulate_app, name="simulate")
