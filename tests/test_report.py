@@ -35,7 +35,7 @@ def make_run(root, n=30, *, cls=True, reg=True, truth=True, condition=True, seed
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     e = 10 ** rng.uniform(2, 4, n)
-    df = pd.DataFrame({"image_id": [f"img{i % 2}" for i in range(n)], "cell_id": np.arange(n) + 1})
+    df = pd.DataFrame({"image_id": [f"img{i % 2}" for i in range(n)], "cell_id": np.arange(n) + 1, "qc_pass": True})
     if condition:
         df["condition"] = np.where(np.arange(n) % 2 == 0, "M0", "<b>M1</b>")
     if truth:

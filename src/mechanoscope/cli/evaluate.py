@@ -313,6 +313,7 @@ def run(
         ..., help="Run folder written by 'mechanoscope predict' (cells.parquet, predict.json, crops.zarr)."
     ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Also write RUN/figures/*.png."),
+    all_cells: bool = typer.Option(False, "--all-cells", help="Score every cell, also those failing QC (needed for a table without a qc_pass column)."),
 ) -> None:
     """Score a run folder's predictions against the truth in its cell table.
 
@@ -325,7 +326,7 @@ def run(
     from mechanoscope.evaluate.run_evaluation import evaluate_run
 
     with user_errors():
-        ev = evaluate_run(run_dir, figures=figures)
+        ev = evaluate_run(run_dir, figures=figures, all_cells=all_cells)
     _print_evaluation(ev, run_dir)
     n_fig = len(ev.get("figures") or {})
     err_console.print(

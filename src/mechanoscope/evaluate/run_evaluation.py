@@ -104,7 +104,7 @@ def _model_identity(predict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_cells: bool = False) -> dict[str, Any]:
     """Evaluate the predictions of a run folder; write ``evaluation.json`` and figures.
 
     Reads ``RUN/cells.parquet`` (predictions, and truth where known),
@@ -116,7 +116,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> di
       :func:`regression_metrics`;
     * ``condition``: per-condition summaries and a rank test between conditions.
 
-    Cells with ``qc_pass == False`` are left out. When the table has a ``split``
+    Cells with ``qc_pass == False`` are left out; a table without a ``qc_pass`` column
+    is an error unless ``all_cells`` (then every cell is scored, QC or not). When the
+    table has a ``split``
     column, only cells with ``split == "test"`` are scored (``scope`` in the result
     says which cells were used).
 
@@ -126,6 +128,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> di
         Run folder.
     figures
         Also write ``RUN/figures/<name>.png`` (names in :data:`FIGURE_NAMES`).
+    all_cells
+        Score every cell, also those failing quality control (and tables without a
+        ``qc_pass`` column).
 
     Returns
     -------
@@ -185,7 +190,13 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> di
     n_all = len(table)
     scope = np.ones(n_all, bool)
     scope_info: dict[str, Any] = {"n_cells_total": n_all}
-    if "qc_pass" in cols:
+    if "qc_pass" not in cols and not all_cells:
+        raise MechanoscopeError(
+            f"{table_path}: the cell table has no qc_pass column, so cells that fail quality "
+            "control cannot be left out; make the table with `mechanoscope extract` (which adds "
+            "qc_pass), add the column yourself, or pass --all-cells to score every cell"
+        )
+    if "qc_pass" in cols and not all_cells:
         qc = table["qc_pass"].astype("boolean").fillna(False).to_numpy(dtype=bool)
         scope &= qc
         scope_info["n_failed_qc_excluded"] = int((~qc).sum())
@@ -194,7 +205,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> di
         is_test = split == "test"
         scope_info["split_counts"] = {str(k): int(v) for k, v in pd.Series(split).value_counts().items()}
         scope &= is_test
-        scope_info["cells"] = "test split only (split == 'test'), QC-passing"
+        scope_info["cells"] = "test split only (split == 'test')" + (", all cells (QC not applied)" if all_cells else ", QC-passing")
         if not is_test.any():
             notes.append(
                 "the table has a split column but no 'test' cells: metrics are computed on test "
@@ -202,7 +213,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True) -> di
                 "optimistic numbers)"
             )
     else:
-        scope_info["cells"] = "all QC-passing cells" if "qc_pass" in cols else "all cells"
+        scope_info["cells"] = "all cells (QC not applied)" if all_cells else "all QC-passing cells"
     scope_info["n_cells_in_scope"] = int(scope.sum())
     sub = table.loc[scope].reset_index(drop=True)
     rows_in_full = np.flatnonzero(scope)

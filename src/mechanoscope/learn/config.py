@@ -65,7 +65,7 @@ class TrainConfig(StrictConfig):
     test_fraction: float = Field(0.2, ge=0, lt=0.6, description="Fraction of groups held out for the reported test metrics.")
     balance_classes: bool = Field(True, description="Weight the loss by inverse class frequency.")
     min_cells_per_class: int = Field(10, ge=1, description="Refuse to train if a class has fewer cells.")
-    qc_only: bool = Field(True, description="Use only cells with qc_pass = True (if the column exists).")
+    qc_only: bool = Field(True, description="Use only cells with qc_pass = True; a table without a qc_pass column is then an error (false: train on every cell).")
     tta: bool = Field(False, description="Test-time augmentation: average predictions over the 8 rotations/flips of each crop (8× slower inference, less variance).")
     ensemble_size: int = Field(1, ge=1, le=20, description="Number of independently initialised networks (deep ensemble).")
     interval_level: float = Field(0.9, gt=0.5, lt=1.0, description="Nominal coverage of conformal prediction intervals (regression).")

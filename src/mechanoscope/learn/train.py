@@ -356,7 +356,14 @@ def train_model(
     # record the augmentation and pooling actually used (task defaults filled in)
     config = config.model_copy(update={"augment": config.augment.for_task(task), "pooling": config.pooling_for(task)})
     usable, classes = check_target(table, config.target, task, min_cells_per_class=config.min_cells_per_class)
-    if config.qc_only and "qc_pass" in table.columns:
+    if config.qc_only:
+        if "qc_pass" not in table.columns:
+            where = f"{run_dir}/cells.parquet" if not isinstance(run_dir, TrainingData) else "the cell table"
+            raise MechanoscopeError(
+                f"{where} has no qc_pass column, so cells that fail quality control cannot be left "
+                "out; make the table with `mechanoscope extract` (which adds qc_pass), add the "
+                "column yourself, or set qc_only: false in a --config file to train on every cell"
+            )
         usable = usable & table["qc_pass"].fillna(False).to_numpy(dtype=bool)
     if config.group_column not in table.columns:
         raise MechanoscopeError(f"group column {config.group_column!r} is not in the cell table; pass --group-column with one of {list(table.columns)}")
