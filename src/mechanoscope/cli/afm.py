@@ -8,7 +8,9 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from rich.markup import escape
+
+from mechanoscope.cli._common import EXIT_SOME_FAILED, console, flag_given, user_errors
 
 __all__ = ["register", "afm_app"]
 
@@ -70,17 +72,18 @@ def fit(
         table_path, side = write_fit_result(result, out)
     failed = result.table[result.table["status"] != "ok"]
     for row in failed.head(20).itertuples():
-        console.print(f"[yellow]failed:[/yellow] {row.error}")
+        console.print(f"[yellow]failed:[/yellow] {escape(str(row.error))}")
     if len(failed) > 20:
-        console.print(f"… and {len(failed) - 20} more failures (see {side})")
+        console.print(f"… and {len(failed) - 20} more failures (see {escape(str(side))})")
     if result.n_ok and result.table["nanite_rating"].notna().any():
         console.print(f"median nanite rating {result.table['nanite_rating'].median():.1f} of 10")
-    console.print(
-        f"fitted {result.n_ok} of {result.n_curves} curve(s), {result.n_failed} failed, "
+    failures = f"{result.n_failed} failed (reasons in the error column and {side.name})" if result.n_failed else "0 failed"
+    console.print(escape(
+        f"fitted {result.n_ok} of {result.n_curves} curve(s), {failures}, "
         f"{result.curves_per_second:.1f} curves/s → {table_path}"
-    )
+    ))
     if result.n_failed:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_SOME_FAILED)
 
 
 @afm_app.command("match")
@@ -114,14 +117,14 @@ def match(
         res = match_afm_to_run(table, run, transform=tr, image_id=image_id, max_distance_um=max_distance_um)
     outside = res.outside
     for r in outside.head(20).itertuples():
-        console.print(f"[yellow]outside every cell:[/yellow] {r.file}[{r.curve_index}] at image ({r.position_x_um:.1f}, {r.position_y_um:.1f}) µm of {r.image_id}: {r.reason}")
+        console.print("[yellow]outside every cell:[/yellow] " + escape(f"{r.file}[{r.curve_index}] at image ({r.position_x_um:.1f}, {r.position_y_um:.1f}) µm of {r.image_id}: {r.reason}"))
     if len(outside) > 20:
         console.print(f"… and {len(outside) - 20} more (see {run / 'afm_matches.parquet'})")
     skipped = f"; {res.n_failed_curves} failed curve(s) left out" if res.n_failed_curves else ""
-    console.print(
+    console.print(escape(
         f"matched {res.n_inside + res.n_nearest} of {len(res.matches)} measurement(s) to {res.n_cells_measured} cell(s) "
         f"({res.n_inside} inside, {res.n_nearest} nearest), {res.n_outside} outside every cell{skipped} → {run / 'cells.parquet'}"
-    )
+    ))
 
 
 def register(app: typer.Typer) -> None:
