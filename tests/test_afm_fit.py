@@ -69,8 +69,8 @@ def test_rating_is_nanites():
 
 # --- synthetic curves with known truth ---------------------------------------------------
 
-def _recover(tmp_path, sim: dict, fit: dict, n: int = 12, seed: int = 3):
-    truth = simulate_afm_curves(tmp_path / "sim", AFMCurveSimConfig(n_curves=n, curves_per_file=6, **sim), seed=seed)
+def _recover(tmp_path, sim: dict, fit: dict, n: int = 12, seed: int = 3, per_file: int = 6):
+    truth = simulate_afm_curves(tmp_path / "sim", AFMCurveSimConfig(n_curves=n, curves_per_file=per_file, **sim), seed=seed)
     res = fit_afm_files(tmp_path / "sim", AFMFitConfig(rate_quality=False, **fit))
     tab = res.table.merge(truth, on=["file", "curve_index"], suffixes=("", "_true"))
     assert len(tab) == n and (tab.status == "ok").all(), tab.error.tolist()
@@ -95,7 +95,8 @@ def test_wrong_radius_is_not_recovered(tmp_path):
 
 
 def test_noisy_curves_scatter_as_the_fit_says(tmp_path):
-    tab, ape = _recover(tmp_path, {"noise_pn": 10.0}, {}, n=18)
+    # 18 curves in one HDF5 file: afmformats lists them "0", "1", "10", … — curve_index is the curve's own
+    tab, ape = _recover(tmp_path, {"noise_pn": 10.0}, {}, n=18, per_file=18)
     z = (tab.youngs_modulus_pa - tab.youngs_modulus_pa_true) / tab.youngs_modulus_stderr_pa
     assert (np.abs(z) < 4).mean() >= 0.85, z.round(2).tolist()
     assert ape.median() < 0.03 and ape.max() < 0.25
@@ -223,23 +224,35 @@ def test_landmarks_recover_the_transform():
 
 # --- command line ------------------------------------------------------------------------
 
-def test_cli_fit_and_match(tmp_path):
+def test_cli_fit_in_a_subprocess(tmp_path):
+    """One subprocess (the CLI's import costs seconds): a good and a broken file together."""
     bad = _afm("fmt-jpk-fd_single_bad_2017-01-16_2.jpk-force")
-    r = _cli("simulate", "afm", "--out", "sim", "--n-curves", "3", "--noise-pn", "5", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = _cli("afm", "fit", "sim", "--out", "fit.csv", "--no-rating", cwd=tmp_path)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("fitted 3 of 3 curve(s), 0 failed")
-    r = _cli("afm", "fit", "sim", str(bad), "--out", "fit2.parquet", "--no-rating", cwd=tmp_path)
+    simulate_afm_curves(tmp_path / "sim", AFMCurveSimConfig(n_curves=3, noise_pn=5.0), seed=0)
+    r = _cli("afm", "fit", "sim", str(bad), "--out", "fit.parquet", "--no-rating", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("fitted 3 of 4 curve(s), 1 failed") and "curves/s" in last
-    assert "no approach segment" in r.stderr
-    tab = pd.read_parquet(tmp_path / "fit2.parquet")
-    assert list(tab.status) == ["ok"] * 3 + ["failed"] and (tmp_path / "fit2.json").is_file()
+    assert last.startswith("fitted 3 of 4 curve(s), 1 failed") and "curves/s" in last, last
+    assert "no approach segment" in r.stderr and bad.name in r.stderr
+    tab = pd.read_parquet(tmp_path / "fit.parquet")
+    assert list(tab.status) == ["ok"] * 3 + ["failed"] and (tmp_path / "fit.json").is_file()
+
+
+def test_cli_simulate_fit_match(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mechanoscope.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["simulate", "afm", "--out", "sim", "--n-curves", "3", "--noise-pn", "5"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["afm", "fit", "sim", "--out", "fit.csv", "--no-rating"])
+    assert r.exit_code == 0 and "fitted 3 of 3 curve(s), 0 failed" in r.output, r.output
     run = _run_folder(tmp_path)
-    r = _cli("afm", "match", "fit.csv", str(run), "--image-id", "field", cwd=tmp_path)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert "outside every cell" in r.stderr.strip().splitlines()[-1]
-    r = _cli("afm", "match", "fit.csv", str(run), cwd=tmp_path)  # file stems are no image of the run
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "--image-id" in r.stderr
+    r = runner.invoke(app, ["afm", "match", "fit.csv", str(run), "--image-id", "field", "--max-distance-um", "0"])
+    assert r.exit_code == 0 and "outside every cell" in r.output.strip().splitlines()[-1], r.output
+    assert "afm_stiffness_pa" in pd.read_parquet(run / "cells.parquet")
+    r = runner.invoke(app, ["afm", "match", "fit.csv", str(run)])  # file stems name no image of the run
+    assert r.exit_code == 2 and "--image-id" in r.output
+    r = runner.invoke(app, ["afm", "fit", "sim", "--out", "fit.txt"])
+    assert r.exit_code == 2 and ".parquet or .csv" in r.output

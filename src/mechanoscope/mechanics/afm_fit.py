@@ -9,7 +9,9 @@ per curve.
 Output table (:func:`fit_afm_curves`), one row per curve:
 
 ``file``, ``curve_index``
-    The file and the curve's index in it (0-based, file order).
+    The file and the curve's index in it: afmformats' dataset index (``enum``, the
+    curve's number in a force map or HDF5 file), else its 0-based position; −1 for a
+    file that could not be read at all.
 ``status``, ``error``
     ``"ok"`` or ``"failed"``, and for a failed curve the reason (file, curve, what to do).
 ``youngs_modulus_pa``, ``youngs_modulus_stderr_pa``
@@ -377,6 +379,21 @@ def fit_afm_curves(
     return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
+def _indexed(curves: list[Any]) -> list[tuple[int, Any]]:
+    """(index, curve) sorted by afmformats' dataset index ``enum`` (the curve's number in its
+    file or map; HDF5 files list curves in string order "0", "1", "10", …), or file order."""
+    enums = []
+    for c in curves:
+        try:
+            enums.append(int(c.metadata["enum"]))
+        except Exception:
+            enums = []
+            break
+    if len(set(enums)) != len(curves):
+        return list(enumerate(curves))
+    return sorted(zip(enums, curves), key=lambda t: t[0])
+
+
 def _versions() -> dict[str, str]:
     from mechanoscope import __version__
 
@@ -441,7 +458,7 @@ def fit_afm_files(
         except AFMReadError as exc:
             failed_rows.append({**_row(str(f), -1, None, cfg), "error": str(exc)})
             continue
-        curves.extend((str(f), i, c) for i, c in enumerate(found))
+        curves.extend((str(f), i, c) for i, c in _indexed(found))
     table = fit_afm_curves(curves, cfg, progress=progress)
     if failed_rows:
         table = pd.concat([table, pd.DataFrame(failed_rows, columns=FIT_COLUMNS)], ignore_index=True)
