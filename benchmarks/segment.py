@@ -130,7 +130,8 @@ def median_cell_diameter_um(labels: list[np.ndarray], px: float) -> float:
 
 # --------------------------------------------------------------------------- training
 def train(images, labels, px, cfg, out: Path, input_paths=None) -> tuple[Any, dict]:
-    from mechanoscope.segment.network import load_segmentation_model, train_segmentation
+    from mechanoscope.segment.network import load_segmentation_model
+    from mechanoscope.segment.network_train import train_segmentation
 
 
     def progress(epoch: int, epochs: int, rec: dict) -> None:

@@ -35,8 +35,8 @@ from mechanoscope.segment.network import (
     probabilities_to_labels,
     segment_network,
     segmentation_targets,
-    train_segmentation,
 )
+from mechanoscope.segment.network_train import train_segmentation
 
 torch.set_num_threads(1)  # tests run two workers on two cores
 

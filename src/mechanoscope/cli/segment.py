@@ -196,7 +196,8 @@ def train(
     from mechanoscope.io.images import read_label_image
     from mechanoscope.learn.model_folder import check_output_folder
     from mechanoscope.segment.batch import read_plane
-    from mechanoscope.segment.network import SegmentationTrainConfig, train_segmentation
+    from mechanoscope.segment.network import SegmentationTrainConfig
+    from mechanoscope.segment.network_train import train_segmentation
 
     with user_errors():
         base = read_config_mapping(config, "training settings") if config else {}

@@ -12,8 +12,8 @@ from mechanoscope.segment.network import (
     SegmentationTrainConfig,
     load_segmentation_model,
     segment_network,
-    train_segmentation,
 )
+from mechanoscope.segment.network_train import train_segmentation
 
 __all__ = [
     "CLASSES",

@@ -1,0 +1,238 @@
+"""Configuration of the learned segmenter: inference and training settings, the U-Net it builds."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mechanoscope.errors import (
+    ConfigError,
+)
+
+__all__ = ["CLASSES", "TASK", "ARCHITECTURE", "TrainProgress", "SegmentationInferenceConfig", "SegmentationTrainConfig", "build_unet", "receptive_field_radius_px"]
+
+
+#: Classes predicted per pixel, in channel order.
+CLASSES: tuple[str, ...] = ("background", "interior", "boundary")
+TASK = "instance_segmentation"
+ARCHITECTURE = "monai.networks.nets.UNet"
+
+#: ``progress(epoch, epochs, record)`` after every epoch; ``record`` is the CSV log row.
+TrainProgress = Callable[[int, int, dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------- configs
+class SegmentationInferenceConfig(BaseModel):
+    """How a segmentation model is applied: tiling and instance extraction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tile_size_px: int = Field(
+        512, ge=16,
+        description=(
+            "Edge length of the square tiles the image is processed in, in pixels at the "
+            "model's pixel size. Bounds memory use; rounded up to a multiple of the "
+            "network's total stride."
+        ),
+    )
+    tile_overlap_px: int | None = Field(
+        None, ge=0,
+        description=(
+            "Overlap of neighbouring tiles in pixels at the model's pixel size. None = "
+            "automatic: twice the network's receptive-field radius plus 16 px, which "
+            "makes tiled inference equal to whole-image inference. At tile edges inside "
+            "the image up to one receptive-field radius (at most a quarter of the "
+            "overlap) is context only; the rest of the overlap is blended linearly."
+        ),
+    )
+    tile_batch: int = Field(2, ge=1, description="Tiles passed through the network at once.")
+    foreground_threshold: float = Field(
+        0.5, gt=0, lt=1,
+        description="A pixel is cell (interior or boundary) if p(interior) + p(boundary) exceeds this.",
+    )
+    interior_threshold: float = Field(
+        0.5, gt=0, lt=1,
+        description="Pixels with p(interior) above this form the watershed markers (one per cell).",
+    )
+    min_cell_area_um2: float = Field(
+        20.0, ge=0, description="Cells smaller than this area (µm²) are removed."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the network runs; 'auto' = CUDA if available, else CPU."
+    )
+
+
+class SegmentationTrainConfig(BaseModel):
+    """Training parameters of the learned segmentation network.
+
+    Lengths in pixels refer to the model's pixel size (``pixel_size_um``): training
+    images are resampled to it first.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1, description="Maximum number of epochs.")
+    batch_size: int = Field(8, ge=1, description="Patches per optimisation step.")
+    patch_size_px: int = Field(
+        128, ge=16,
+        description=(
+            "Edge length of the random square training patches, in pixels at the model's "
+            "pixel size; a multiple of the network's total stride."
+        ),
+    )
+    patches_per_epoch: int = Field(
+        256, ge=1, description="Random training patches drawn per epoch."
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1,
+        description=(
+            "Fraction of the *images* held out for validation (at least one image when "
+            "> 0 and there are two or more images)."
+        ),
+    )
+    early_stopping_patience: int = Field(
+        15, ge=1,
+        description="Stop after this many epochs without a lower validation loss.",
+    )
+    max_validation_patches: int = Field(
+        64, ge=1, description="Validation loss is computed on at most this many fixed patches."
+    )
+    seed: int = Field(0, description="Seed of weight initialisation, splits, patches, augmentation.")
+    pixel_size_um: float | None = Field(
+        None, gt=0,
+        description=(
+            "Pixel size (µm) the model works at; images are resampled to it at training "
+            "and prediction time. None = median pixel size of the training images."
+        ),
+    )
+    channels: tuple[int, ...] = Field(
+        (16, 32, 64, 128, 256),
+        min_length=2,
+        description=(
+            "Feature channels per U-Net level, first level at full resolution; each "
+            "further level halves the resolution (total stride 2**(len-2))."
+        ),
+    )
+    num_res_units: int = Field(2, ge=0, description="Residual units per U-Net level.")
+    boundary_width_px: int = Field(
+        2, ge=1, description="Width of the boundary class inside each cell's outline (px)."
+    )
+    normalize_percentiles: tuple[float, float] = Field(
+        (1.0, 99.8),
+        description="Per-image intensity percentiles mapped to 0 and 1 before the network.",
+    )
+    augment: bool = Field(True, description="Random 90° rotations, flips, intensity changes, noise.")
+    intensity_scale_range: tuple[float, float] = Field(
+        (0.8, 1.25), description="Range of the random intensity factor (normalised image)."
+    )
+    gamma_range: tuple[float, float] = Field(
+        (0.7, 1.4), description="Range of the random gamma applied to each patch."
+    )
+    noise_std: float = Field(
+        0.03, ge=0, description="Maximum std of added Gaussian noise (normalised intensity)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; 'auto' = CUDA if available, else CPU."
+    )
+    inference: SegmentationInferenceConfig = Field(
+        default_factory=SegmentationInferenceConfig,
+        description="Tiling and instance-extraction defaults stored with the model.",
+    )
+    optimize_thresholds: bool = Field(
+        True,
+        description=(
+            "After training, choose interior/foreground thresholds and the minimum cell area "
+            "with the best pooled AP@0.5 on the validation images (as StarDist's "
+            "optimize_thresholds) and store them as the model's inference defaults."
+        ),
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _positive_channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(c < 1 for c in v):
+            raise ValueError("every channel count must be >= 1")
+        return v
+
+    @field_validator("normalize_percentiles", "intensity_scale_range", "gamma_range")
+    @classmethod
+    def _ordered_pair(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] <= v[1]:
+            raise ValueError(f"expected (low, high) with low <= high, got {v}")
+        return v
+
+    @property
+    def stride(self) -> int:
+        """Total down-sampling factor of the network."""
+        return 2 ** (len(self.channels) - 2)
+
+
+def _config_error(exc: ValidationError, what: str) -> ConfigError:
+    lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return ConfigError(f"{what}: invalid configuration: " + "; ".join(lines))
+
+
+# --------------------------------------------------------------------------- network
+def build_unet(config: SegmentationTrainConfig) -> Any:
+    """The MONAI U-Net described by ``config`` (1 input channel, 3 output classes)."""
+    from monai.networks.nets import UNet
+
+    strides = (1,) + (2,) * (len(config.channels) - 2)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=len(CLASSES),
+        channels=tuple(config.channels),
+        strides=strides,
+        num_res_units=config.num_res_units,
+        norm="batch",
+    )
+
+
+def _architecture(config: SegmentationTrainConfig) -> dict[str, Any]:
+    return {
+        "name": ARCHITECTURE,
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": len(CLASSES),
+        "channels": list(config.channels),
+        "strides": [1] + [2] * (len(config.channels) - 2),
+        "num_res_units": config.num_res_units,
+        "norm": "batch",
+        "total_stride": config.stride,
+    }
+
+
+def receptive_field_radius_px(net: Any, stride: int) -> int:
+    """Radius (px) of the region of the input that one output pixel depends on.
+
+    Measured with a gradient probe on a copy of ``net`` in eval mode (the network's
+    state and the global random state are untouched).
+    """
+    import torch
+
+    probe = copy.deepcopy(net).cpu().eval()
+    gen = torch.Generator().manual_seed(0)
+    size = 64
+    while True:
+        size = int(math.ceil(size / (2 * stride)) * 2 * stride)
+        x = torch.randn((1, 1, size, size), generator=gen, requires_grad=True)
+        y = probe(x)
+        c = size // 2
+        y[0, :, c, c].sum().backward()
+        support = torch.nonzero(x.grad[0, 0].abs() > 0)
+        if support.numel() == 0:
+            return 0
+        lo = int(support.min())
+        hi = int(support.max())
+        if lo > 0 and hi < size - 1 or size >= 4096:
+            return int(max(c - lo, hi - c))
+        size *= 2
+
+

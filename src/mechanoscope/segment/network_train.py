@@ -1,0 +1,550 @@
+"""Training the segmentation network: patches, augmentation, the training loop, threshold search on validation images, the model folder and its card."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mechanoscope.errors import (
+    ConfigError,
+    MechanoscopeError,
+    MechanoscopeWarning,
+)
+from mechanoscope.io.images import Image
+from mechanoscope.nn.device import select_device
+from mechanoscope.nn.tiling import _round_up
+from mechanoscope.segment.instances import probabilities_to_labels
+from mechanoscope.segment.network import (
+    SegmentationModel,
+    _where,
+    predict_probabilities,
+    segment_network,
+)
+from mechanoscope.segment.network_config import (
+    CLASSES,
+    TASK,
+    SegmentationInferenceConfig,
+    SegmentationTrainConfig,
+    TrainProgress,
+    _architecture,
+    build_unet,
+    receptive_field_radius_px,
+)
+from mechanoscope.segment.network_prep import (
+    _as_2d_float,
+    _check_pixel_size,
+    normalize_percentile,
+    resample_image,
+    resample_labels,
+    segmentation_targets,
+)
+
+__all__ = ["train_segmentation", "optimize_thresholds"]
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class _Prepared:
+    image: np.ndarray  # normalised, model grid, float32
+    target: np.ndarray  # class map, uint8
+    labels: np.ndarray  # instance labels on the model grid
+    lo: float
+    hi: float
+
+
+def _prepare(
+    image: Any, labels: Any, px: float, cfg: SegmentationTrainConfig, target_px: float, i: int
+) -> _Prepared:
+    where = _where(image) if isinstance(image, Image) else f"training image {i}"
+    arr = _as_2d_float(image, where)
+    lab = labels.as_2d() if isinstance(labels, Image) else np.asarray(labels)
+    if lab.shape != arr.shape:
+        raise MechanoscopeError(
+            f"{where}: image shape {arr.shape} differs from its label image shape "
+            f"{lab.shape}; pair each image with its own mask"
+        )
+    if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
+        raise MechanoscopeError(
+            f"{where}: labels must be non-negative integer ids (0 = background), got {lab.dtype}"
+        )
+    img_m = resample_image(arr, px, target_px)
+    lab_m = resample_labels(lab, img_m.shape)
+    norm, lo, hi = normalize_percentile(img_m, cfg.normalize_percentiles)
+    return _Prepared(norm, segmentation_targets(lab_m, cfg.boundary_width_px), lab_m, lo, hi)
+
+
+def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
+    ph, pw = max(0, size - a.shape[0]), max(0, size - a.shape[1])
+    if ph == 0 and pw == 0:
+        return a
+    return np.pad(a, ((0, ph), (0, pw)), mode="reflect" if min(a.shape) > 1 else "edge")
+
+
+def _augment(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, cfg: SegmentationTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(4))
+    img, tgt = np.rot90(img, k), np.rot90(tgt, k)
+    if rng.random() < 0.5:
+        img, tgt = img[:, ::-1], tgt[:, ::-1]
+    lo, hi = float(img.min()), float(img.max())
+    g_lo, g_hi = cfg.gamma_range
+    gamma = float(np.exp(rng.uniform(np.log(g_lo), np.log(g_hi))))
+    if hi > lo and gamma != 1.0:
+        img = ((img - lo) / (hi - lo)) ** gamma * (hi - lo) + lo
+    s_lo, s_hi = cfg.intensity_scale_range
+    img = img * float(np.exp(rng.uniform(np.log(s_lo), np.log(s_hi))))
+    if cfg.noise_std > 0:
+        img = img + rng.normal(0.0, rng.uniform(0.0, cfg.noise_std), img.shape)
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(tgt)
+
+
+def _sample_batch(
+    data: list[_Prepared], n: int, rng: np.random.Generator, cfg: SegmentationTrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    p = cfg.patch_size_px
+    weights = np.array([d.image.size for d in data], dtype=float)
+    weights /= weights.sum()
+    imgs, tgts = [], []
+    for _ in range(n):
+        d = data[int(rng.choice(len(data), p=weights))]
+        y0 = int(rng.integers(d.image.shape[0] - p + 1))
+        x0 = int(rng.integers(d.image.shape[1] - p + 1))
+        img = d.image[y0 : y0 + p, x0 : x0 + p]
+        tgt = d.target[y0 : y0 + p, x0 : x0 + p]
+        if cfg.augment:
+            img, tgt = _augment(img, tgt, rng, cfg)
+        imgs.append(img)
+        tgts.append(tgt)
+    return np.stack(imgs)[:, None].astype(np.float32), np.stack(tgts)[:, None].astype(np.int64)
+
+
+def _validation_patches(
+    data: list[_Prepared], cfg: SegmentationTrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if not data:
+        return None
+    p = cfg.patch_size_px
+    imgs, tgts = [], []
+    for d in data:
+        h, w = d.image.shape
+        for y0 in range(0, max(h - p, 0) + 1, p):
+            for x0 in range(0, max(w - p, 0) + 1, p):
+                imgs.append(d.image[y0 : y0 + p, x0 : x0 + p])
+                tgts.append(d.target[y0 : y0 + p, x0 : x0 + p])
+    if len(imgs) > cfg.max_validation_patches:
+        keep = np.sort(rng.choice(len(imgs), cfg.max_validation_patches, replace=False))
+        imgs = [imgs[i] for i in keep]
+        tgts = [tgts[i] for i in keep]
+    return np.stack(imgs)[:, None].astype(np.float32), np.stack(tgts)[:, None].astype(np.int64)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    text = buf.getvalue()
+    from mechanoscope.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def _hash_array(a: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+#: candidates of the threshold search on the validation images
+THRESHOLD_GRID = {"interior_threshold": (0.3, 0.5, 0.7, 0.85, 0.92), "foreground_threshold": (0.4, 0.5, 0.6)}
+
+
+def optimize_thresholds(
+    model: SegmentationModel, images: list[Any], labels: list[Any], pxs: list[float]
+) -> tuple[SegmentationInferenceConfig, dict[str, Any]]:
+    """Instance-extraction settings with the best pooled AP@0.5 on held-out images.
+
+    Probabilities are computed once per image; only the extraction is repeated over
+    :data:`THRESHOLD_GRID` and two minimum areas (the configured one and a quarter of
+    the median true cell area). Ties keep the configured defaults (tried first).
+    """
+    import itertools
+
+    from mechanoscope.evaluate.segmentation import (
+        aggregate_segmentation_scores,
+        segmentation_scores,
+    )
+
+    trues = [lab.as_2d() if isinstance(lab, Image) else np.asarray(lab) for lab in labels]
+    probs = [predict_probabilities(img, pixel_size_um=px, model=model) for img, px in zip(images, pxs)]
+    areas = np.concatenate([np.bincount(t.ravel().astype(np.int64))[1:] * px * px for t, px in zip(trues, pxs)])
+    areas = areas[areas > 0]
+    default = model.config.inference
+    min_areas = [default.min_cell_area_um2]
+    if areas.size:
+        min_areas.append(round(float(0.25 * np.median(areas)), 1))
+    combos = [(default.interior_threshold, default.foreground_threshold, default.min_cell_area_um2)]
+    combos += [c for c in itertools.product(THRESHOLD_GRID["interior_threshold"], THRESHOLD_GRID["foreground_threshold"], min_areas) if c not in combos]
+    table = []
+    for it, ft, ma in combos:
+        per = [
+            segmentation_scores(probabilities_to_labels(p, pixel_size_um=px, interior_threshold=it, foreground_threshold=ft, min_cell_area_um2=ma), t)
+            for p, t, px in zip(probs, trues, pxs)
+        ]
+        table.append({"interior_threshold": it, "foreground_threshold": ft, "min_cell_area_um2": ma, "val_ap_50": aggregate_segmentation_scores(per)["ap_50"]})
+    best = max(range(len(table)), key=lambda k: (table[k]["val_ap_50"], -k))
+    chosen = {k: table[best][k] for k in ("interior_threshold", "foreground_threshold", "min_cell_area_um2")}
+    record = {"objective": "pooled AP@0.5 on the validation images", "chosen": table[best], "configured_default": table[0], "n_images": len(images)}
+    return default.model_copy(update=chosen), record
+
+
+def _validation_scores(
+    model: SegmentationModel, images: list[Any], labels: list[Any], pxs: list[float]
+) -> dict[str, Any]:
+    """Instance scores on the validation images (needs mechanoscope.evaluate)."""
+    try:
+        from mechanoscope.evaluate.segmentation import (
+            aggregate_segmentation_scores,
+            segmentation_scores,
+        )
+    except ImportError:  # pragma: no cover - evaluate is part of the product
+        return {}
+    per = []
+    for img, lab, px in zip(images, labels, pxs):
+        pred = segment_network(img, pixel_size_um=px, model=model)
+        true = lab.as_2d() if isinstance(lab, Image) else np.asarray(lab)
+        per.append(segmentation_scores(pred, true))
+    agg = aggregate_segmentation_scores(per)
+    keys = ("n_images", "n_true", "n_pred", "ap_50", "ap_75", "ap_50_95", "f1_50",
+            "precision_50", "recall_50", "pq", "sq", "dice", "jaccard")
+    return {k: agg.get(k) for k in keys}
+
+
+def _model_card(
+    cfg: SegmentationTrainConfig, px: float, n_train: int, n_val: int, metrics: dict[str, Any]
+) -> str:
+    val = metrics.get("validation_scores") or {}
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "# Cell segmentation network (mechanoscope)",
+        "",
+        "**Task:** instance segmentation of cells in label-free (bright-field / phase-contrast) "
+        "images. Per pixel the network predicts background / cell interior / cell boundary; "
+        "cells are the watershed regions grown from interior components.",
+        "",
+        f"**Architecture:** MONAI UNet, channels {list(cfg.channels)}, "
+        f"{cfg.num_res_units} residual unit(s) per level, batch normalisation, 1 input channel.",
+        "",
+        f"**Pixel size:** {px:g} µm/px. Images at other pixel sizes are resampled to it "
+        "before prediction and the labels are returned on the input's grid.",
+        "",
+        f"**Normalisation:** per image, intensity percentiles {list(cfg.normalize_percentiles)} "
+        "mapped to 0 and 1 (see normalization.json).",
+        "",
+        f"**Training data:** {n_train} training image(s), {n_val} validation image(s) "
+        "(split by image). Provenance and input hashes: provenance.json.",
+        "",
+        "## Validation metrics",
+        "",
+        f"- best validation loss (Dice + cross-entropy): {fmt(metrics.get('best_val_loss'))} "
+        f"at epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}",
+    ]
+    for k in ("ap_50", "ap_75", "ap_50_95", "f1_50", "dice"):
+        if k in val:
+            lines.append(f"- {k}: {fmt(val[k])}")
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "Segmenting cells that look like the training images (modality, cell type, "
+        "confluence, focus). Check a few predictions against your own images before "
+        "trusting morphology or stiffness estimates built on them; retrain or fine-tune "
+        "for other modalities. Validation metrics come from held-out images of the same "
+        "data set and overstate performance on other data.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def train_segmentation(
+    images: Sequence[np.ndarray | Image],
+    labels: Sequence[np.ndarray | Image],
+    *,
+    pixel_sizes_um: float | Sequence[float],
+    config: SegmentationTrainConfig | None = None,
+    out: str | os.PathLike[str],
+    progress: TrainProgress | None = None,
+    input_paths: Sequence[str | os.PathLike[str]] | None = None,
+    command: str | Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train the segmentation network and write a model folder.
+
+    Parameters
+    ----------
+    images
+        ``(Y, X)`` grey images (any numeric dtype) or single-plane :class:`Image`\\ s.
+    labels
+        Instance label images of the same shapes (0 = background, one id per cell).
+    pixel_sizes_um
+        Pixel size in µm of every image, or one value for all.
+    config
+        Training parameters; defaults if ``None``.
+    out
+        Model folder to write (see :mod:`mechanoscope.learn.model_folder`), plus
+        ``training_log.csv`` (one row per epoch). While training, the log is kept
+        up to date in ``<out>.partial/`` which is removed at the end.
+    progress
+        ``progress(epoch, epochs, record)`` after every epoch.
+    input_paths
+        Files the images and labels came from; their SHA-256 goes into
+        ``provenance.json`` (else the arrays are hashed).
+    command
+        Command line recorded in the provenance (default ``sys.argv``).
+    overwrite
+        Replace an existing model folder at ``out``.
+
+    Returns
+    -------
+    Path
+        The model folder.
+
+    Raises
+    ------
+    MechanoscopeError
+        No images, mismatched counts/shapes, bad pixel sizes or labels.
+    ConfigError
+        Inconsistent configuration (e.g. patch size not a multiple of the stride).
+    OutputFolderError
+        ``out`` exists (and ``overwrite`` is false) or is not a model folder.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    from mechanoscope.learn.model_folder import check_output_folder, save_model_folder
+    from mechanoscope.learn.model_folder import provenance as collect_provenance
+
+    cfg = config or SegmentationTrainConfig()
+    out = Path(out)
+    images, labels = list(images), list(labels)
+    if not images:
+        raise MechanoscopeError("no training images given; pass at least one image and its labels")
+    if len(images) != len(labels):
+        raise MechanoscopeError(
+            f"got {len(images)} images but {len(labels)} label images; pass one label image per image"
+        )
+    if isinstance(pixel_sizes_um, (int, float)):
+        pxs = [float(pixel_sizes_um)] * len(images)
+    else:
+        pxs = list(pixel_sizes_um)
+        if len(pxs) != len(images):
+            raise MechanoscopeError(
+                f"got {len(pxs)} pixel sizes for {len(images)} images; pass one per image or a single value"
+            )
+    pxs = [_check_pixel_size(p, f"training image {i}") for i, p in enumerate(pxs)]
+    if cfg.patch_size_px % cfg.stride:
+        raise ConfigError(
+            f"patch_size_px={cfg.patch_size_px} is not a multiple of the network's total "
+            f"stride {cfg.stride} (channels {list(cfg.channels)}); use e.g. "
+            f"{_round_up(cfg.patch_size_px, cfg.stride)}"
+        )
+    check_output_folder(out, overwrite=overwrite)
+    target_px = float(cfg.pixel_size_um) if cfg.pixel_size_um else float(np.median(pxs))
+    cfg = cfg.model_copy(update={"pixel_size_um": target_px})
+    device = select_device(cfg.device)
+    rng = np.random.default_rng(cfg.seed)
+
+    prepared = [_prepare(im, lb, px, cfg, target_px, i) for i, (im, lb, px) in enumerate(zip(images, labels, pxs))]
+    for d in prepared:
+        d.image = _pad_to(d.image, cfg.patch_size_px)
+        d.target = _pad_to(d.target, cfg.patch_size_px)
+
+    n = len(images)
+    order = rng.permutation(n)
+    n_val = 0
+    if cfg.validation_fraction > 0:
+        if n >= 2:
+            n_val = min(n - 1, max(1, int(round(cfg.validation_fraction * n))))
+        else:
+            warnings.warn(
+                "only one training image: no image can be held out for validation, so early "
+                "stopping uses the training loss; give more images for a real validation",
+                MechanoscopeWarning,
+                stacklevel=2,
+            )
+    val_idx = sorted(int(i) for i in order[:n_val])
+    train_idx = sorted(int(i) for i in order[n_val:])
+    train_data = [prepared[i] for i in train_idx]
+    val_data = [prepared[i] for i in val_idx]
+    val_batch = _validation_patches(val_data, cfg, rng)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_unet(cfg)
+    rf = receptive_field_radius_px(net, cfg.stride)
+    net = net.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    log_path = partial / "training_log.csv"
+    rows: list[dict[str, Any]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    steps = int(math.ceil(cfg.patches_per_epoch / cfg.batch_size))
+    stopped_early = False
+
+    def eval_loss(batch: tuple[np.ndarray, np.ndarray]) -> float:
+        net.eval()
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for b in range(0, len(batch[0]), cfg.batch_size):
+                x = torch.from_numpy(batch[0][b : b + cfg.batch_size]).to(device)
+                y = torch.from_numpy(batch[1][b : b + cfg.batch_size]).to(device)
+                total += float(loss_fn(net(x), y)) * len(x)
+                count += len(x)
+        return total / max(count, 1)
+
+    log_text = ""
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        train_loss = 0.0
+        for _ in range(steps):
+            xb, yb = _sample_batch(train_data, cfg.batch_size, rng, cfg)
+            x = torch.from_numpy(xb).to(device)
+            y = torch.from_numpy(yb).to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+            train_loss += float(loss.detach())
+        train_loss /= steps
+        val_loss = eval_loss(val_batch) if val_batch is not None else float("nan")
+        monitor = val_loss if val_batch is not None else train_loss
+        improved = monitor < best_loss
+        if improved:
+            best_loss, best_epoch = monitor, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val_loss, 6) if math.isfinite(val_loss) else "",
+            "best": improved,
+            "learning_rate": cfg.learning_rate,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        rows.append(row)
+        log_text = _write_log(log_path, rows)
+        if progress is not None:
+            progress(epoch, cfg.epochs, dict(row))
+        if epoch - best_epoch >= cfg.early_stopping_patience:
+            stopped_early = epoch < cfg.epochs
+            break
+
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    net.eval()
+    model = SegmentationModel(
+        net=net, config=cfg, pixel_size_um=target_px, normalization={}, rf_radius_px=rf,
+        device=device,
+    )
+    normalization = {
+        "method": "percentile",
+        "scope": "per_image",
+        "percentiles": list(cfg.normalize_percentiles),
+        "clip": False,
+        "applied_after": "resampling to the model pixel size",
+        "formula": "(x - p_low) / (p_high - p_low)",
+        "input_channels": 1,
+        "training_percentile_values": {
+            "p_low_median": float(np.median([d.lo for d in prepared])),
+            "p_high_median": float(np.median([d.hi for d in prepared])),
+        },
+    }
+    model.normalization = normalization
+    threshold_search = None
+    if cfg.optimize_thresholds and val_idx:
+        inf, threshold_search = optimize_thresholds(
+            model, [images[i] for i in val_idx], [labels[i] for i in val_idx], [pxs[i] for i in val_idx]
+        )
+        cfg = cfg.model_copy(update={"inference": inf})
+        model.config = cfg
+    val_scores = _validation_scores(
+        model, [images[i] for i in val_idx], [labels[i] for i in val_idx], [pxs[i] for i in val_idx]
+    ) if val_idx else {}
+    metrics = {
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss if val_batch is not None else None,
+        "best_train_loss": best_loss if val_batch is None else None,
+        "monitored": "val_loss" if val_batch is not None else "train_loss",
+        "epochs_run": len(rows),
+        "stopped_early": stopped_early,
+        "final_train_loss": rows[-1]["train_loss"],
+        "n_train_images": len(train_idx),
+        "n_validation_images": len(val_idx),
+        "validation_scores": val_scores,
+        "threshold_search": threshold_search,
+    }
+    config_json = {
+        "task": TASK,
+        "architecture": _architecture(cfg),
+        "classes": list(CLASSES),
+        "input_channels": 1,
+        "input_size_px": cfg.patch_size_px,
+        "pixel_size_um": target_px,
+        "receptive_field_radius_px": rf,
+        "train_config": cfg.model_dump(mode="json"),
+    }
+    if input_paths is not None:
+        inputs: Any = [Path(p) for p in input_paths]
+    else:
+        inputs = {f"image[{i}]": _hash_array(np.asarray(im.data if isinstance(im, Image) else im)) for i, im in enumerate(images)}
+        inputs.update({f"labels[{i}]": _hash_array(np.asarray(lb.data if isinstance(lb, Image) else lb)) for i, lb in enumerate(labels)})
+    prov = collect_provenance(
+        seed=cfg.seed,
+        command=command,
+        inputs=inputs,
+        extra={
+            "training_images": n,
+            "train_image_indices": train_idx,
+            "validation_image_indices": val_idx,
+            "input_pixel_sizes_um": pxs,
+        },
+    )
+    save_model_folder(
+        out,
+        config=config_json,
+        state_dict=best_state,
+        normalization=normalization,
+        metrics=metrics,
+        provenance=prov,
+        model_card=_model_card(cfg, target_px, len(train_idx), len(val_idx), metrics),
+        extra_files={"training_log.csv": log_text},
+        overwrite=overwrite,
+    )
+    import shutil
+
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
