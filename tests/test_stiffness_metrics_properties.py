@@ -799,3 +799,30 @@ def test_f1_without_positive_cells_is_zero_and_averages_are_named():
     m = classification_metrics(["M0", "M1"], np.eye(3)[:2], ["M0", "M1", "M2"])
     assert m["f1_average"] == "macro (unweighted mean over classes)"
     assert m["per_class"]["M2"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "auc": None}
+
+
+def test_comparisons_leave_missing_conditions_out_even_beside_a_condition_named_nan():
+    # a condition literally called "nan" is a condition; a missing one (None/NaN) is not it
+    from mechanoscope.evaluate.stiffness import summarize_by_condition
+
+    cond = pd.Series(["nan", "nan", None, np.nan, "b", "b", "b"], dtype=object)
+    v = np.array([1.0, 2.0, 50.0, 60.0, 3.0, 4.0, 5.0])
+    res = compare_conditions(v, cond)
+    assert res["conditions"] == ["b", "nan"]
+    assert (res["n_a"], res["n_b"]) == (3, 2)  # the two missing-condition cells belong to neither
+    s = summarize_by_condition(cond, pred_pa=v)
+    assert s["nan"]["n_cells"] == 2 and s["b"]["n_cells"] == 3
+    assert s["nan"]["median_pa"] == pytest.approx(1.5)
+
+
+def test_comparison_of_identical_values_is_quiet_and_says_what_cells_are():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy divides 0/0 for all-equal values: no RuntimeWarning may leak
+        res = compare_conditions(np.ones(6), ["a", "a", "b", "b", "c", "c"])
+    assert (res["h"], res["p"]) == (0.0, 1.0)
+    assert res["caveat"] == (
+        "cells are treated as independent; cells from one dish/image are not independent "
+        "replicates, so compare per-replicate medians before drawing conclusions"
+    )

@@ -259,3 +259,14 @@ def test_conformal_interval_hand_values_and_coverage():
     q = conformal_quantile(np.abs(y - mu) / sigma, 0.8)
     lo, hi = conformal_interval(mu, q, sigma)
     assert int(((lo <= y) & (y <= hi)).sum()) == math.ceil(51 * 0.8)
+
+
+def test_conformal_interval_is_float64_whatever_the_input_dtype():
+    mu32 = np.array([1000.5, 2000.25], dtype=np.float32)
+    lo, hi = conformal_interval(mu32, 0.1)
+    assert lo.dtype == hi.dtype == np.float64
+    assert hi - lo == pytest.approx([0.2, 0.2], abs=1e-12)  # float32 would lose the 0.1 at 1e3 Pa
+    lo, hi = conformal_interval(np.zeros(1), 0.1, sigma=np.array([3.0], dtype=np.float32))
+    assert hi[0] == pytest.approx(0.1 * 3.0, abs=1e-13)  # q·σ in float64, not float32 (0.3000000119)
+    lo, hi = conformal_interval(np.array([3, 4]), 0.5)  # integer predictions, no sigma
+    assert lo.dtype == hi.dtype == np.float64 and lo.tolist() == [2.5, 3.5]
