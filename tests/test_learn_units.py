@@ -443,3 +443,33 @@ def test_predict_cells_refuses_crops_that_do_not_fit():
         predict_cells(m, t, _hand_crops([0, 1]), channels=["intensity", "mask"], attrs={"crop_size_um": 6.0})
     with pytest.raises(MechanoscopeError, match=r"\['intensity'\] needed by the model are missing"):
         predict_cells(m, t, _hand_crops([0, 1]), channels=["phase", "mask"])
+
+
+def test_networks_run_on_the_device_asked_for():
+    import torch
+
+    from mechanoscope.errors import ConfigError
+    from mechanoscope.learn.config import TrainConfig
+    from mechanoscope.learn.train import predict_outputs, train_networks
+
+    members = [_linear({4: [0.0, 1.0]}, [0.0, 0.0], 9)]
+    cfg = dict(task="classification", target="label", classes=["soft", "stiff"], channels=["intensity"])
+    table = pd.DataFrame({"cell_id": range(len(V))})
+    cpu = predict_cells(_model(members, **cfg), table, _hand_crops(V), channels=["intensity", "mask"], device="cpu")
+    np.testing.assert_allclose(cpu["pred_prob_stiff"], _sigmoid(V), rtol=1e-5)
+    x = np.random.default_rng(0).normal(size=(12, 1, 8, 8)).astype(np.float32)
+    y = np.arange(12) % 2
+    if not torch.cuda.is_available():
+        # asking for a GPU that is not there fails before any work, saying what to use instead
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            predict_cells(_model(members, **cfg), table, _hand_crops(V), channels=["intensity", "mask"], device="cuda")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            train_networks(x, y, x, y, task="classification", n_outputs=2, config=TrainConfig(target="label", epochs=1, device="cuda", width=4))
+        with pytest.raises(ConfigError, match="not known"):
+            predict_outputs(members, x[:, :, :3, :3].reshape(12, 1, 3, 3), device="tpu")
+        return
+    # on a GPU: the same numbers as on the CPU, and trained networks come back on the CPU
+    gpu = predict_cells(_model(members, **cfg), table, _hand_crops(V), channels=["intensity", "mask"], device="cuda")
+    np.testing.assert_allclose(gpu["pred_prob_stiff"], cpu["pred_prob_stiff"], rtol=1e-4)
+    nets, log = train_networks(x, y, x, y, task="classification", n_outputs=2, config=TrainConfig(target="label", epochs=2, device="cuda", width=4))
+    assert all(p.device.type == "cpu" for p in nets[0].parameters()) and np.isfinite(log["val_loss"]).all()

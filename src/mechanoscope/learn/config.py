@@ -73,6 +73,7 @@ class TrainConfig(StrictConfig):
     split_from: str | None = Field(None, description="Model folder (or its split.json) whose train/val/calibration/test assignment of groups to reuse, so that several models of one data set share the held-out images; groups it does not list are split afresh.")
     seed: int = Field(0, description="Seed of splits, initialisation, shuffling and augmentation.")
     num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the networks train and predict: 'auto' = the CUDA GPU when there is one, else the CPU.")
     max_train_seconds: float | None = Field(None, gt=0, description="Stop training after this many seconds (keeps the best epoch so far).")
     refit: bool = Field(
         False,

@@ -113,8 +113,12 @@ def predict_cells(
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
     where: str = "input",
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Predict every row of ``table`` (crops row-aligned) and return the prediction columns.
+
+    The networks run on ``device`` (``auto``: the CUDA GPU when there is one, else the
+    CPU); crops are read and normalised ``batch_size`` at a time.
 
     Classification: ``pred_label``, ``pred_prob_<class>`` (temperature-calibrated),
     ``pred_confidence``. Regression: ``pred_<target>`` (e.g. ``pred_stiffness_pa``),
@@ -136,13 +140,17 @@ def predict_cells(
         _check_crops(model, crops, channels or [], attrs or {}, where)
         import torch
 
-        x_parts, outs = [], []
+        from mechanoscope.nn.device import select_device
+
+        dev = select_device(device)
+        members = [m.to(dev).eval() for m in model.members]
+        outs = []
         done = 0
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 x = normalise_crops(np.asarray(crops[s : s + batch_size], dtype=np.float32), channels, cfg["channels"], float(model.normalization["contrast_scale"]))
-                xt = torch.from_numpy(x)
-                outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().numpy() for m in model.members]))
+                xt = torch.from_numpy(x).to(dev)
+                outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().cpu().numpy() for m in members]))
                 done += len(x)
                 if progress:
                     progress(done, n)

@@ -83,14 +83,21 @@ def forward_tta(net, xt, tta: bool):
     return acc / 8
 
 
-def predict_outputs(nets: list, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """Raw network outputs ``(K, N, n_out)`` of K networks on normalised crops x."""
+def predict_outputs(nets: list, x: np.ndarray, batch_size: int = 256, tta: bool = False, device: str = "auto") -> np.ndarray:
+    """Raw network outputs ``(K, N, n_out)`` of K networks on normalised crops x.
+
+    The networks run on ``device`` (``auto``: the CUDA GPU when there is one) and are
+    left there; the outputs come back as a NumPy array.
+    """
     torch = _torch()
+    from mechanoscope.nn.device import select_device
+
+    dev = select_device(device)
     outs = []
     with torch.inference_mode():
         for net in nets:
-            net.eval()
-            parts = [forward_tta(net, torch.from_numpy(np.ascontiguousarray(x[sl])), tta).float().numpy() for sl in _batches(len(x), batch_size)]
+            net.to(dev).eval()
+            parts = [forward_tta(net, torch.from_numpy(np.ascontiguousarray(x[sl])).to(dev), tta).float().cpu().numpy() for sl in _batches(len(x), batch_size)]
             outs.append(np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
     return np.stack(outs)
 
@@ -120,15 +127,17 @@ def train_networks(
     torch = _torch()
     from mechanoscope.learn.augment import augment_batch
     from mechanoscope.learn.networks import build_network
+    from mechanoscope.nn.device import select_device
 
     _set_threads(config.num_threads)
+    dev = select_device(config.device)  # crops stay in host memory; each batch moves after augmentation
     nets, rows = [], []
     xt = torch.from_numpy(np.ascontiguousarray(x_train))
     xv = torch.from_numpy(np.ascontiguousarray(x_val))
     if task == "classification":
         yt = torch.from_numpy(y_train.astype(np.int64))
         yv = torch.from_numpy(y_val.astype(np.int64))
-        w = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        w = torch.tensor(class_weights, dtype=torch.float32, device=dev) if class_weights is not None else None
         loss_fn = torch.nn.CrossEntropyLoss(weight=w)
         val_loss_fn = torch.nn.CrossEntropyLoss()
     else:
@@ -153,7 +162,7 @@ def train_networks(
         seed = config.seed * 1000 + member
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling_for(task))
+        net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling_for(task)).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
         best_state = copy.deepcopy(net.state_dict())
@@ -167,9 +176,9 @@ def train_networks(
                 idx = perm[sl]
                 if len(idx) < 2:
                     continue
-                xb = augment_batch(xt[idx], augment, gen)
+                xb = augment_batch(xt[idx], augment, gen).to(dev, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(xb), yt[idx])
+                loss = loss_fn(net(xb), yt[idx].to(dev))
                 loss.backward()
                 opt.step()
                 sched.step()
@@ -178,7 +187,7 @@ def train_networks(
             net.eval()
             with torch.inference_mode():
                 if len(xv):
-                    out_v = torch.cat([net(xv[sl]) for sl in _batches(len(xv), 256)])
+                    out_v = torch.cat([net(xv[sl].to(dev)).float().cpu() for sl in _batches(len(xv), 256)])
                     val = float(val_loss_fn(out_v, yv))
                     if task == "classification":
                         val_acc = float((out_v.argmax(1) == yv).float().mean())
@@ -201,7 +210,7 @@ def train_networks(
         if keep_epochs is None:
             net.load_state_dict(best_state)
         net.eval()
-        nets.append(net)
+        nets.append(net.cpu())
     return nets, pd.DataFrame(rows)
 
 
