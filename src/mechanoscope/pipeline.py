@@ -282,7 +282,7 @@ def predict_run(
         except BatchFailedError as exc:
             raise BatchFailedError(str(exc), seg_errors + exc.errors) from None
         extract_errors = ext.errors
-        failed = {e["image"] or e["file"] for e in seg_errors + extract_errors}
+        failed = {e.get("image") or e["file"] for e in seg_errors + extract_errors}
         status = [{"image": str(p), "status": "done"} for p in seg.images if str(p) not in failed]
         status += [{"image": e["file"], "status": "failed", "stage": "segment: " + e["stage"], "error": e["error"]} for e in seg_errors]
         status += [{"image": e["image"] or e["file"], "status": "failed", "stage": "extract: " + e["stage"], "error": e["error"]} for e in extract_errors]
