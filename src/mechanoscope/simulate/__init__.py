@@ -12,6 +12,7 @@ from mechanoscope.simulate.adherent import (
     simulate_adherent,
     simulate_field,
 )
+from mechanoscope.simulate.afm_curves import AFMCurveSimConfig, simulate_afm_curves
 from mechanoscope.simulate.optics import (
     CameraConfig,
     OpticsConfig,
@@ -23,6 +24,7 @@ from mechanoscope.simulate.optics import (
 )
 
 __all__ = [
+    "AFMCurveSimConfig",
     "DEFAULT_POPULATIONS",
     "AdherentConfig",
     "CameraConfig",
@@ -39,5 +41,6 @@ __all__ = [
     "render_phase_contrast",
     "sample_stiffness",
     "simulate_adherent",
+    "simulate_afm_curves",
     "simulate_field",
 ]
