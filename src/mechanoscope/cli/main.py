@@ -61,6 +61,9 @@ _predict.register(app)
 from mechanoscope.cli import afm as _afm  # noqa: E402
 
 _afm.register(app)
+from mechanoscope.cli import rtdc as _rtdc  # noqa: E402
+
+_rtdc.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,65 @@
+"""``mechanoscope rtdc``: import real-time deformability cytometry files (dclab)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from mechanoscope.cli._common import console, flag_given, user_errors
+
+__all__ = ["register", "rtdc_app"]
+
+rtdc_app = typer.Typer(help="RT-DC (.rtdc) files: events → cell table with dclab's Young's modulus, event images → crops.", no_args_is_help=True)
+
+
+@rtdc_app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="RT-DC measurement (.rtdc) with event images and masks."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: cells.parquet, crops.zarr, rtdc.json."),
+    lut: str = typer.Option("LE-2D-FEM-19", help="dclab look-up table: LE-2D-FEM-19, HE-2D-FEM-22, HE-3D-FEM-22."),
+    viscosity_model: str = typer.Option("buyukurganci-2022", help="Viscosity model of the medium: buyukurganci-2022 or herold-2017."),
+    medium: Optional[str] = typer.Option(None, help="Medium (default: the file's), e.g. CellCarrierB, '0.59% MC-PBS'."),
+    viscosity_mpa_s: Optional[float] = typer.Option(None, help="Viscosity (mPa·s) of a medium dclab does not know."),
+    channel_width_um: Optional[float] = typer.Option(None, help="Channel width in µm (default: the file's)."),
+    flow_rate_ul_s: Optional[float] = typer.Option(None, help="Flow rate in µL/s (default: the file's)."),
+    temperature_c: Optional[float] = typer.Option(None, help="Temperature in °C (default: per-event 'temp', else the file's)."),
+    pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm (default: the file's)."),
+    crop_size_um: float = typer.Option(25.0, help="Edge length of each crop in µm."),
+    crop_pixels: int = typer.Option(64, help="Edge length of each crop in pixels."),
+    max_events: Optional[int] = typer.Option(None, help="Import only the first N events."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with RTDCImportConfig fields; flags typed explicitly override it."),
+) -> None:
+    """Import an RT-DC file so that train, predict, evaluate and report work on its events.
+
+    Events outside the look-up table get NaN in rtdc_youngs_modulus_pa and are counted.
+    """
+    from mechanoscope.config import read_config_mapping
+    from mechanoscope.mechanics.rtdc import RTDCImportConfig, import_rtdc
+
+    with user_errors():
+        base: dict[str, Any] = read_config_mapping(config, "RT-DC import settings") if config else {}
+        flags = {"lut": lut, "viscosity_model": viscosity_model, "medium": medium, "viscosity_mpa_s": viscosity_mpa_s,
+                 "channel_width_um": channel_width_um, "flow_rate_ul_s": flow_rate_ul_s, "temperature_c": temperature_c,
+                 "pixel_size_um": pixel_size_um, "crop_size_um": crop_size_um, "crop_pixels": crop_pixels, "max_events": max_events}
+        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
+        cfg = RTDCImportConfig.build(**base)
+        with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("importing", total=None)
+            res = import_rtdc(file, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    s = res.settings
+    console.print(escape(f"look-up {s['lut']}, medium {s['medium']}, viscosity model {s['viscosity_model']}, "
+                         f"channel {s['channel_width_um']:g} µm, flow {s['flow_rate_ul_s']:g} µL/s, temperature: {s['temperature_source']}"))
+    outside = f"; {res.n_outside_lut} outside the look-up table (modulus NaN)" if res.n_outside_lut else ""
+    skipped = f"; {res.n_skipped} skipped (empty mask)" if res.n_skipped else ""
+    console.print(escape(f"imported {res.n_imported} of {res.n_events} event(s){outside}{skipped}, "
+                         f"{res.events_per_second:.1f} events/s → {out / 'cells.parquet'}"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``rtdc`` verb to the main app."""
+    app.add_typer(rtdc_app, name="rtdc")

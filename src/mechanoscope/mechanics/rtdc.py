@@ -1,0 +1,214 @@
+"""RT-DC events → a run folder: cell table with dclab's Young's modulus, and crops.
+
+The apparent Young's modulus comes from dclab's finite-element look-up tables
+(``dclab.features.emodulus.get_emodulus``; never re-implemented here) with the file's
+medium, channel width, flow rate, temperature (per event where the file records it)
+and pixel size, each overridable, and a named viscosity model. Events outside the
+table's range get NaN and are counted, not raised.
+
+The run folder is what ``mechanoscope extract`` writes, so ``train``, ``predict``,
+``evaluate`` and ``report`` work on it unchanged: ``cells.parquet`` (one row per
+event; each event is its own ``image_id`` ``<file stem>_<event>`` because RT-DC events
+are independent cells and splits are drawn by image), ``crops.zarr`` (crops of the
+event image around its mask, via :func:`mechanoscope.cells.extract.extract_cells`)
+and ``rtdc.json`` (settings, provenance, counts).
+
+RT-DC columns added to the cell table: ``rtdc_event`` (index in the file),
+``rtdc_deform`` (deformation, 1 − circularity), ``rtdc_area_um2`` (dclab's convex-hull
+area), ``rtdc_bright_avg`` (mean brightness inside the contour, when recorded),
+``rtdc_youngs_modulus_pa``, ``rtdc_lut``, ``rtdc_viscosity_model``, ``rtdc_medium``,
+``rtdc_temperature_c``, ``rtdc_channel_width_um``, ``rtdc_flow_rate_ul_s``, ``rtdc_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from mechanoscope.config import StrictConfig
+from mechanoscope.io.rtdc import RTDCReadError, open_rtdc, rtdc_setup
+
+__all__ = ["RTDCImportConfig", "RTDCImportResult", "import_rtdc", "rtdc_youngs_modulus_pa"]
+
+
+class RTDCImportConfig(StrictConfig):
+    """How RT-DC events become a run folder; overrides default to the file's own metadata."""
+
+    lut: Literal["LE-2D-FEM-19", "HE-2D-FEM-22", "HE-3D-FEM-22"] = Field("LE-2D-FEM-19", description="dclab look-up table: LE-2D-FEM-19 (linear elastic, Mokbel 2017), HE-2D-FEM-22 / HE-3D-FEM-22 (hyperelastic, Wittwer 2023).")
+    viscosity_model: Literal["buyukurganci-2022", "herold-2017"] = Field("buyukurganci-2022", description="dclab model of the medium's viscosity (MC-PBS media, CellCarrier); herold-2017 is the older one many files' stored moduli used.")
+    medium: Optional[str] = Field(None, description="Medium (e.g. CellCarrierB, 0.59% MC-PBS); default: the file's.")
+    viscosity_mpa_s: Optional[float] = Field(None, gt=0, description="Viscosity (mPa·s) for a medium dclab does not know; replaces medium and viscosity model.")
+    channel_width_um: Optional[float] = Field(None, gt=0, description="Channel width (µm); default: the file's.")
+    flow_rate_ul_s: Optional[float] = Field(None, gt=0, description="Total flow rate (µL/s); default: the file's.")
+    temperature_c: Optional[float] = Field(None, description="Temperature (°C) for every event; default: per-event 'temp' feature, else the file's setup temperature.")
+    pixel_size_um: Optional[float] = Field(None, gt=0, description="Pixel size (µm) for the pixelation correction and crops; default: the file's.")
+    crop_size_um: float = Field(25.0, gt=0, description="Edge length of each square crop (µm).")
+    crop_pixels: int = Field(64, ge=8, description="Edge length of each crop (pixels).")
+    max_events: Optional[int] = Field(None, ge=1, description="Import only the first N events.")
+
+
+def rtdc_youngs_modulus_pa(area_um2: np.ndarray, deform: np.ndarray, *, medium: str | float, channel_width_um: float,
+                           flow_rate_ul_s: float, pixel_size_um: float, temperature_c: float | np.ndarray | None,
+                           lut: str = "LE-2D-FEM-19", viscosity_model: str | None = "buyukurganci-2022") -> np.ndarray:
+    """dclab's apparent Young's modulus (Pa) per event; NaN outside the look-up table.
+
+    ``medium`` is a name dclab knows or a viscosity in mPa·s (then ``temperature_c``
+    and ``viscosity_model`` are not used).
+    """
+    from dclab.features.emodulus import get_emodulus
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dclab warns per call about values outside the table: we count them
+        kpa = get_emodulus(
+            area_um=np.asarray(area_um2, dtype=float), deform=np.asarray(deform, dtype=float), medium=medium,
+            channel_width=float(channel_width_um), flow_rate=float(flow_rate_ul_s), px_um=float(pixel_size_um),
+            temperature=None if isinstance(medium, float) else temperature_c, lut_data=lut,
+            visc_model=None if isinstance(medium, float) else viscosity_model,
+        )
+    return np.asarray(kpa, dtype=float) * 1e3
+
+
+@dataclass
+class RTDCImportResult:
+    """What :func:`import_rtdc` wrote."""
+
+    out_dir: Path
+    table: pd.DataFrame
+    n_events: int
+    n_imported: int
+    n_outside_lut: int
+    n_skipped: int
+    events_per_second: float
+    settings: dict[str, Any]
+
+
+def _settings(ds: Any, path: Path, cfg: RTDCImportConfig) -> dict[str, Any]:
+    from dclab.features.emodulus.viscosity import KNOWN_MEDIA
+
+    s = rtdc_setup(ds)
+    missing = []
+    width = cfg.channel_width_um or s.channel_width_um
+    flow = cfg.flow_rate_ul_s or s.flow_rate_ul_s
+    px = cfg.pixel_size_um or s.pixel_size_um
+    medium: str | float | None = cfg.viscosity_mpa_s if cfg.viscosity_mpa_s is not None else (cfg.medium or s.medium)
+    for value, name, flag in ((width, "channel width", "--channel-width-um"), (flow, "flow rate", "--flow-rate-ul-s"),
+                              (px, "pixel size", "--pixel-size-um")):
+        if value is None:
+            missing.append(f"{name} ({flag})")
+    if medium is None:
+        missing.append("medium (--medium, or --viscosity-mpa-s for another medium)")
+    elif isinstance(medium, str) and medium not in KNOWN_MEDIA:
+        raise RTDCReadError(f"{path}: medium {medium!r} is not one dclab knows ({', '.join(sorted(set(m for m in KNOWN_MEDIA if m[0].isupper() or m == 'water')))}); pass --medium or --viscosity-mpa-s")
+    temp_source = "override"
+    if cfg.temperature_c is not None:
+        temp: Any = float(cfg.temperature_c)
+    elif s.has_temperature_feature:
+        temp, temp_source = np.asarray(ds["temp"][:], dtype=float), "per-event feature 'temp'"
+    elif s.temperature_c is not None:
+        temp, temp_source = s.temperature_c, "setup temperature"
+    elif isinstance(medium, float):
+        temp, temp_source = None, "not needed (viscosity given)"
+    else:
+        temp = None
+        missing.append("temperature (--temperature-c)")
+    if missing:
+        raise RTDCReadError(f"{path}: the file does not record the {', '.join(missing)} that the Young's-modulus look-up needs; pass them")
+    return {"channel_width_um": float(width), "flow_rate_ul_s": float(flow), "pixel_size_um": float(px), "medium": medium,
+            "temperature": temp, "temperature_source": temp_source, "lut": cfg.lut,
+            "viscosity_model": None if isinstance(medium, float) else cfg.viscosity_model}
+
+
+def import_rtdc(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: RTDCImportConfig | dict[str, Any] | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> RTDCImportResult:
+    """Import an RT-DC file's events into a run folder (cell table + crop store).
+
+    Raises
+    ------
+    RTDCReadError
+        Unreadable file, no event images or masks, missing metadata the look-up needs
+        (naming the option to pass). Events outside the look-up table get NaN.
+    """
+    from mechanoscope import __version__
+    from mechanoscope.cells.extract import ExtractConfig, extract_cells
+    from mechanoscope.io.crop_store import CropStoreWriter
+    from mechanoscope.io.atomic import write_json
+    from mechanoscope.io.tables import write_table
+
+    cfg = config if isinstance(config, RTDCImportConfig) else RTDCImportConfig.build(**dict(config or {}))
+    p = Path(path)
+    t0 = time.perf_counter()
+    ds = open_rtdc(p)
+    feats = set(ds.features_innate)
+    for need, why in (("image", "event images (crops)"), ("mask", "event masks (the cell outline)"),
+                      ("deform", "deformation"), ("area_um", "area")):
+        if need not in ds.features:
+            raise RTDCReadError(f"{p}: the file holds no '{need}' feature ({why}); it cannot be imported as cells — export it with images and masks")
+    st = _settings(ds, p, cfg)
+    n_all = len(ds)
+    n = min(n_all, cfg.max_events or n_all)
+    area, deform = np.asarray(ds["area_um"][:n], float), np.asarray(ds["deform"][:n], float)
+    temp = st["temperature"][:n] if isinstance(st["temperature"], np.ndarray) else st["temperature"]
+    emod = rtdc_youngs_modulus_pa(area, deform, medium=st["medium"], channel_width_um=st["channel_width_um"],
+                                  flow_rate_ul_s=st["flow_rate_ul_s"], pixel_size_um=st["pixel_size_um"],
+                                  temperature_c=temp, lut=st["lut"], viscosity_model=st["viscosity_model"])
+    bright = np.asarray(ds["bright_avg"][:n], float) if "bright_avg" in ds.features else np.full(n, np.nan)
+    ecfg = ExtractConfig.build(crop={"crop_size_um": cfg.crop_size_um, "crop_pixels": cfg.crop_pixels})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[pd.DataFrame] = []
+    skipped: list[dict[str, Any]] = []
+    with CropStoreWriter(out / "crops.zarr", crop_size_um=cfg.crop_size_um, crop_pixels=cfg.crop_pixels,
+                         channels=ecfg.crop.channels, attrs={"source": str(p), "mechanoscope_version": __version__}) as writer:
+        for i in range(n):
+            image_id = f"{p.stem}_{i:06d}"
+            mask = np.asarray(ds["mask"][i]).astype(np.int32)
+            if not mask.any():
+                skipped.append({"event": i, "error": "empty mask"})
+                continue
+            image = np.asarray(ds["image"][i], dtype=np.float32)
+            table, crops = extract_cells(image, (mask > 0).astype(np.int32), pixel_size_um=st["pixel_size_um"],
+                                         config=ecfg, image_id=image_id)
+            writer.append(crops, image_id=image_id, cell_ids=table["cell_id"].to_numpy(), frames=table["frame"].to_numpy(),
+                          pad_value=float(table["crop_pad_value"].iloc[0]) if len(table) else None)
+            table = table.assign(rtdc_event=i, rtdc_deform=deform[i], rtdc_area_um2=area[i], rtdc_bright_avg=bright[i],
+                                 rtdc_youngs_modulus_pa=emod[i],
+                                 rtdc_temperature_c=float(temp[i]) if isinstance(temp, np.ndarray) else temp)
+            rows.append(table)
+            if progress is not None:
+                progress(i + 1, n)
+        if not rows:
+            writer.abort()
+            raise RTDCReadError(f"{p}: none of its {n} event(s) has a non-empty mask; nothing imported")
+    cells = pd.concat(rows, ignore_index=True)
+    medium_name = f"viscosity {st['medium']} mPa·s" if isinstance(st["medium"], float) else st["medium"]
+    cells = cells.assign(rtdc_lut=st["lut"], rtdc_viscosity_model=st["viscosity_model"] or "none", rtdc_medium=medium_name,
+                         rtdc_channel_width_um=st["channel_width_um"], rtdc_flow_rate_ul_s=st["flow_rate_ul_s"], rtdc_file=str(p))
+    write_table(cells, out / "cells.parquet")
+    n_out = int(np.count_nonzero(~np.isfinite(emod)))
+    seconds = time.perf_counter() - t0
+    settings = {k: v for k, v in st.items() if k != "temperature"}
+    settings["temperature_c"] = None if isinstance(st["temperature"], np.ndarray) else st["temperature"]
+    summary = {
+        "config": cfg.model_dump(mode="json"), "settings": settings, "source": str(p), "n_events": n_all,
+        "n_imported": int(len(cells)), "n_outside_lut": n_out, "skipped": skipped,
+        "events_per_second": round(n / seconds, 2) if seconds > 0 else None,
+        "outputs": {"cells": "cells.parquet", "crops": "crops.zarr"},
+        "provenance": {"function": "mechanoscope.mechanics.rtdc.import_rtdc", "mechanoscope": __version__,
+                       "dclab": __import__("dclab").__version__},
+    }
+    write_json(summary, out / "rtdc.json")
+    return RTDCImportResult(out, cells, n_all, int(len(cells)), n_out, len(skipped), n / seconds if seconds > 0 else float("inf"), settings)

@@ -1,0 +1,62 @@
+"""RT-DC import: real .rtdc files → cell table with dclab's Young's modulus and a crop store.
+
+Reference: ``fmt-hdf5_fl_wide-channel_2023__wide_channel_issue_212.rtdc`` (dclab's test data)
+stores dclab's own 'emodulus' feature (LE-2D-FEM-19, CellCarrierB, 30 µm channel,
+0.16 µL/s, per-event temperature, herold-2017 viscosity, pixelation-corrected).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("dclab")
+
+from mechanoscope.io.rtdc import RTDCReadError  # noqa: E402
+from mechanoscope.mechanics.rtdc import import_rtdc  # noqa: E402
+from tests.conftest import shared_data  # noqa: E402
+
+
+def _file(name: str):
+    hits = sorted(shared_data("rtdc_real").rglob(name))
+    if not hits:
+        pytest.skip(f"{name} is not in ../shared/data/rtdc_real")
+    return hits[0]
+
+
+def test_import_agrees_with_dclabs_stored_modulus_and_loads_as_a_run(tmp_path):
+    import dclab
+
+    from mechanoscope.learn.data import load_run
+
+    path = _file("fmt-hdf5_fl_wide-channel_2023__wide_channel_issue_212.rtdc")
+    res = import_rtdc(path, tmp_path / "run", {"viscosity_model": "herold-2017"})
+    stored = np.asarray(dclab.new_dataset(path)["emodulus"][:], float) * 1e3  # kPa → Pa
+    cells = res.table.sort_values("rtdc_event")
+    assert res.n_imported == res.n_events == 10 and res.n_outside_lut == 0
+    assert np.allclose(cells.rtdc_youngs_modulus_pa.to_numpy(), stored, rtol=1e-6)
+    assert (cells.rtdc_viscosity_model == "herold-2017").all() and (cells.rtdc_lut == "LE-2D-FEM-19").all()
+    assert cells.image_id.is_unique and (cells.rtdc_channel_width_um == 30.0).all()
+    data = load_run(tmp_path / "run")  # what train/predict read: table and crops belong together
+    assert len(data.table) == 10 and data.crops.shape[1:] == (2, 64, 64)
+    assert pd.read_json(tmp_path / "run" / "rtdc.json", typ="series")["n_outside_lut"] == 0
+
+
+@pytest.mark.parametrize("name, words", [
+    ("fmt-hdf5_raw-cytoshot-exported__cytoshot_shapeout_export.rtdc", ["no 'mask' feature"]),
+    ("fmt-hdf5_cytoshot_extended-moments-features.rtdc", ["no 'image' feature"]),
+    ("fmt-hdf5_fl_2018__calibration_beads.rtdc", ["temperature", "--temperature-c"]),
+])
+def test_files_lacking_what_the_import_needs_say_what_to_pass(tmp_path, name, words):
+    with pytest.raises(RTDCReadError) as err:
+        import_rtdc(_file(name), tmp_path / "run")
+    assert name in str(err.value) and all(w in str(err.value) for w in words)
+    assert not (tmp_path / "run" / "cells.parquet").exists()
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "x.rtdc"
+    bad.write_bytes(b"\x89HDF truncated")
+    with pytest.raises(RTDCReadError, match="x.rtdc"):
+        import_rtdc(bad, tmp_path / "run")
