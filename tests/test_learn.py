@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mechanoscope.cells.store import write_crop_store
+from mechanoscope.io.crop_store import write_crop_store
 from mechanoscope.errors import MechanoscopeError
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import group_split, load_run
-from mechanoscope.learn.model_folder import ModelFolderError, ModelSchemaError
+from mechanoscope.io.model_folder import ModelFolderError, ModelSchemaError
 from mechanoscope.learn.predict import load_stiffness_model, predict_cells
 from mechanoscope.learn.train import train_model
 from mechanoscope.learn.uncertainty import conformal_interval, conformal_quantile, expected_calibration_error, fit_temperature

@@ -233,7 +233,7 @@ def test_normalise_crops_hand_values_and_channel_order():
 
 
 def test_load_run_reads_table_and_crops(tmp_path):
-    from mechanoscope.cells.store import write_crop_store
+    from mechanoscope.io.crop_store import write_crop_store
 
     run = tmp_path / "run"
     with pytest.raises(MechanoscopeError, match=r"no cells.parquet; run `mechanoscope extract IMAGES LABELS --out .*run` first \(or pass a run folder that holds a cell table and crops\)$"):

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from mechanoscope.errors import ConfigError, MechanoscopeError, OutputFolderError
 from mechanoscope.evaluate.segmentation import match_instances, segmentation_scores
-from mechanoscope.learn.model_folder import (
+from mechanoscope.io.model_folder import (
     MODEL_FILES,
     MODEL_SCHEMA_VERSION,
     ModelFolderError,

@@ -20,7 +20,7 @@ from mechanoscope.cells.extract import (
 )
 from mechanoscope.cells.morphology import INTENSITY_COLUMNS, MORPHOLOGY_COLUMNS, measure_cells
 from mechanoscope.cells.quality import QC_COLUMNS, QualityConfig, quality_flags
-from mechanoscope.cells.store import (
+from mechanoscope.io.crop_store import (
     CropStore,
     CropStoreError,
     CropStoreWriter,

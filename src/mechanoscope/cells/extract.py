@@ -32,15 +32,8 @@ from mechanoscope.cells._validate import (
 from mechanoscope.cells.crops import CropConfig, crop_cells, crop_outside_fraction
 from mechanoscope.cells.morphology import measure_cells
 from mechanoscope.cells.quality import QualityConfig, quality_flags
-from mechanoscope.cells.store import CropStoreWriter
-from mechanoscope.errors import (
-    AxesError,
-    BatchFailedError,
-    ConfigError,
-    MechanoscopeError,
-    MechanoscopeWarning,
-    failure_message,
-)
+from mechanoscope.io.crop_store import CropStoreWriter
+from mechanoscope.errors import AxesError, BatchFailedError, ConfigError, MechanoscopeError, MechanoscopeWarning, failure_message
 from mechanoscope.io.atomic import make_output_folder, write_json
 from mechanoscope.io.images import (
     Image,

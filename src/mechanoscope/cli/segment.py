@@ -192,9 +192,9 @@ def train(
     """
     from mechanoscope.cells.extract import pair_images_and_labels
     from mechanoscope.config import read_config_mapping, validate_mapping
-    from mechanoscope.errors import ConfigError, MechanoscopeError
+    from mechanoscope.errors import ConfigError, MechanoscopeError, failure_message
     from mechanoscope.io.images import read_label_image
-    from mechanoscope.learn.model_folder import check_output_folder
+    from mechanoscope.io.model_folder import check_output_folder
     from mechanoscope.segment.batch import read_plane
     from mechanoscope.segment.network import SegmentationTrainConfig
     from mechanoscope.segment.network_train import train_segmentation
@@ -237,8 +237,8 @@ def train(
                         f"{lab_path}: label image shape {lab.shape} differs from image {img_path} "
                         f"shape {arr.shape}"
                     )
-            except MechanoscopeError as exc:
-                msgs.append(str(exc))
+            except Exception as exc:  # one bad pair never ends the data loading
+                msgs.append(failure_message(exc, img_path))
                 continue
             arrays.append(arr)
             label_arrays.append(lab)

@@ -1,6 +1,6 @@
 """Learning: typed configs, datasets, networks, training, prediction, model folders."""
 
-from mechanoscope.learn.model_folder import (
+from mechanoscope.io.model_folder import (
     MODEL_FILES,
     MODEL_SCHEMA_VERSION,
     ModelFolder,

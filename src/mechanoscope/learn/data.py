@@ -49,7 +49,7 @@ class TrainingData:
 
 def load_run(run_dir: str | os.PathLike[str], *, with_crops: bool = True) -> TrainingData:
     """Read ``RUN/cells.parquet`` and ``RUN/crops.zarr`` and check they belong together."""
-    from mechanoscope.cells.store import check_crops_match_table, read_crop_store
+    from mechanoscope.io.crop_store import check_crops_match_table, read_crop_store
     from mechanoscope.io import read_table
 
     run = Path(run_dir)

@@ -47,7 +47,7 @@ def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
     """Load a model folder written by :func:`mechanoscope.learn.train.train_model`."""
     import json
 
-    from mechanoscope.learn.model_folder import load_model_folder
+    from mechanoscope.io.model_folder import load_model_folder
 
     mf = load_model_folder(folder)
     cfg = mf.config

@@ -355,7 +355,7 @@ def train_model(
     TrainResult
         Model folder path, metrics (val/calibration/test), the split of every row.
     """
-    from mechanoscope.learn.model_folder import check_output_folder, provenance, save_model_folder
+    from mechanoscope.io.model_folder import check_output_folder, provenance, save_model_folder
 
     t0 = time.perf_counter()
     check_output_folder(out, overwrite=overwrite)

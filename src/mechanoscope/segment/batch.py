@@ -96,7 +96,7 @@ def _segmenter(method: str, settings: Mapping[str, Any], device: str | None) -> 
 
         cfg = validate_mapping(ClassicalSegmentationConfig, settings)
         return (lambda arr, px: segment_classical(arr, pixel_size_um=px, config=cfg)), {"method": "classical"}, cfg
-    from mechanoscope.learn.model_folder import sha256_file
+    from mechanoscope.io.model_folder import sha256_file
     from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model, segment_network
 
     model_dir = Path(method)
@@ -166,7 +166,7 @@ def segment_images(
     """
     from mechanoscope.io.atomic import check_output_folder_path, make_output_folder, write_json
     from mechanoscope.io.images import image_paths, max_pixels_limit, write_label_image
-    from mechanoscope.learn.model_folder import provenance
+    from mechanoscope.io.model_folder import provenance
 
     out = check_output_folder_path(out, "run folder (--out)")
     max_pixels_limit(max_pixels)  # a bad limit fails before any work

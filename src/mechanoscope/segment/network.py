@@ -129,7 +129,7 @@ def load_segmentation_model(
         Missing files, a damaged folder, a folder of another task, or weights that do
         not fit the architecture. :class:`ModelSchemaError` for another schema version.
     """
-    from mechanoscope.learn.model_folder import ModelFolderError, load_model_folder
+    from mechanoscope.io.model_folder import ModelFolderError, load_model_folder
 
     mf = load_model_folder(folder)
     cfg = mf.config

@@ -309,7 +309,7 @@ def train_segmentation(
     config
         Training parameters; defaults if ``None``.
     out
-        Model folder to write (see :mod:`mechanoscope.learn.model_folder`), plus
+        Model folder to write (see :mod:`mechanoscope.io.model_folder`), plus
         ``training_log.csv`` (one row per epoch). While training, the log is kept
         up to date in ``<out>.partial/`` which is removed at the end.
     progress
@@ -339,8 +339,8 @@ def train_segmentation(
     import torch
     from monai.losses import DiceCELoss
 
-    from mechanoscope.learn.model_folder import check_output_folder, save_model_folder
-    from mechanoscope.learn.model_folder import provenance as collect_provenance
+    from mechanoscope.io.model_folder import check_output_folder, save_model_folder
+    from mechanoscope.io.model_folder import provenance as collect_provenance
 
     cfg = config or SegmentationTrainConfig()
     out = Path(out)
