@@ -46,13 +46,22 @@ def test_import_agrees_with_dclabs_stored_modulus_and_loads_as_a_run(tmp_path):
 @pytest.mark.parametrize("name, words", [
     ("fmt-hdf5_raw-cytoshot-exported__cytoshot_shapeout_export.rtdc", ["no 'mask' feature"]),
     ("fmt-hdf5_cytoshot_extended-moments-features.rtdc", ["no 'image' feature"]),
-    ("fmt-hdf5_fl_2018__calibration_beads.rtdc", ["temperature", "--temperature-c"]),
 ])
-def test_files_lacking_what_the_import_needs_say_what_to_pass(tmp_path, name, words):
+def test_files_without_images_or_masks_are_refused(tmp_path, name, words):
     with pytest.raises(RTDCReadError) as err:
         import_rtdc(_file(name), tmp_path / "run")
     assert name in str(err.value) and all(w in str(err.value) for w in words)
     assert not (tmp_path / "run" / "cells.parquet").exists()
+
+
+def test_missing_lookup_metadata_imports_events_and_says_what_to_pass(tmp_path):
+    path = _file("fmt-hdf5_fl_2018__calibration_beads.rtdc")  # no temperature recorded
+    res = import_rtdc(path, tmp_path / "run")
+    assert res.n_imported == 7 and res.table.rtdc_youngs_modulus_pa.isna().all()
+    assert path.name in res.no_modulus and "--temperature-c" in res.no_modulus
+    assert res.table.rtdc_deform.notna().all()
+    with pytest.raises(RTDCReadError, match="--temperature-c"):
+        import_rtdc(path, tmp_path / "run2", {"require_modulus": True})
 
 
 def test_unreadable_file(tmp_path):
@@ -60,3 +69,23 @@ def test_unreadable_file(tmp_path):
     bad.write_bytes(b"\x89HDF truncated")
     with pytest.raises(RTDCReadError, match="x.rtdc"):
         import_rtdc(bad, tmp_path / "run")
+
+
+def test_cli_rtdc_import(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechanoscope.cli.main import app
+
+    path = _file("fmt-hdf5_fl_2018__calibration_beads.rtdc")
+    r = CliRunner().invoke(app, ["rtdc", "import", str(path), "--out", str(tmp_path / "run"), "--crop-pixels", "32"])
+    assert r.exit_code == 0, r.output
+    assert "--temperature-c" in r.output and r.output.strip().splitlines()[-1].startswith("imported 7 of 7 event(s)")
+    r = CliRunner().invoke(app, ["rtdc", "import", str(path), "--out", str(tmp_path / "run"), "--require-modulus"])
+    assert r.exit_code == 2 and "--temperature-c" in r.output
+
+
+def test_mask_with_artefact_keeps_the_cell(tmp_path):
+    path = _file("fmt-hdf5_fl-no-contour_2019__mask_with_artefact.rtdc")
+    res = import_rtdc(path, tmp_path / "run")
+    assert res.n_imported == 10 and (res.table.rtdc_mask_objects > 1).any()
+    assert (res.table.groupby("image_id").size() == 1).all()  # one row per event

@@ -32,6 +32,7 @@ def import_(
     crop_size_um: float = typer.Option(25.0, help="Edge length of each crop in µm."),
     crop_pixels: int = typer.Option(64, help="Edge length of each crop in pixels."),
     max_events: Optional[int] = typer.Option(None, help="Import only the first N events."),
+    require_modulus: bool = typer.Option(False, "--require-modulus", help="Fail when the file lacks metadata the modulus look-up needs (default: import with a NaN modulus and say what to pass)."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file with RTDCImportConfig fields; flags typed explicitly override it."),
 ) -> None:
     """Import an RT-DC file so that train, predict, evaluate and report work on its events.
@@ -45,15 +46,19 @@ def import_(
         base: dict[str, Any] = read_config_mapping(config, "RT-DC import settings") if config else {}
         flags = {"lut": lut, "viscosity_model": viscosity_model, "medium": medium, "viscosity_mpa_s": viscosity_mpa_s,
                  "channel_width_um": channel_width_um, "flow_rate_ul_s": flow_rate_ul_s, "temperature_c": temperature_c,
-                 "pixel_size_um": pixel_size_um, "crop_size_um": crop_size_um, "crop_pixels": crop_pixels, "max_events": max_events}
+                 "pixel_size_um": pixel_size_um, "crop_size_um": crop_size_um, "crop_pixels": crop_pixels, "max_events": max_events,
+                 "require_modulus": require_modulus}
         base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
         cfg = RTDCImportConfig.build(**base)
         with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
             task = bar.add_task("importing", total=None)
             res = import_rtdc(file, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
     s = res.settings
-    console.print(escape(f"look-up {s['lut']}, medium {s['medium']}, viscosity model {s['viscosity_model']}, "
-                         f"channel {s['channel_width_um']:g} µm, flow {s['flow_rate_ul_s']:g} µL/s, temperature: {s['temperature_source']}"))
+    if res.no_modulus:
+        console.print("[yellow]no Young's modulus:[/yellow] " + escape(res.no_modulus))
+    else:
+        console.print(escape(f"look-up {s['lut']}, medium {s['medium']}, viscosity model {s['viscosity_model']}, "
+                             f"channel {s['channel_width_um']:g} µm, flow {s['flow_rate_ul_s']:g} µL/s, temperature: {s['temperature_source']}"))
     outside = f"; {res.n_outside_lut} outside the look-up table (modulus NaN)" if res.n_outside_lut else ""
     skipped = f"; {res.n_skipped} skipped (empty mask)" if res.n_skipped else ""
     console.print(escape(f"imported {res.n_imported} of {res.n_events} event(s){outside}{skipped}, "

@@ -14,6 +14,7 @@ event image around its mask, via :func:`mechanoscope.cells.extract.extract_cells
 and ``rtdc.json`` (settings, provenance, counts).
 
 RT-DC columns added to the cell table: ``rtdc_event`` (index in the file),
+``rtdc_mask_objects`` (objects in the event's mask; only the largest is the cell),
 ``rtdc_deform`` (deformation, 1 − circularity), ``rtdc_area_um2`` (dclab's convex-hull
 area), ``rtdc_bright_avg`` (mean brightness inside the contour, when recorded),
 ``rtdc_youngs_modulus_pa``, ``rtdc_lut``, ``rtdc_viscosity_model``, ``rtdc_medium``,
@@ -54,6 +55,7 @@ class RTDCImportConfig(StrictConfig):
     crop_size_um: float = Field(25.0, gt=0, description="Edge length of each square crop (µm).")
     crop_pixels: int = Field(64, ge=8, description="Edge length of each crop (pixels).")
     max_events: Optional[int] = Field(None, ge=1, description="Import only the first N events.")
+    require_modulus: bool = Field(False, description="Fail when the file lacks metadata the look-up needs; default: import the events with a NaN modulus and say what to pass.")
 
 
 def rtdc_youngs_modulus_pa(area_um2: np.ndarray, deform: np.ndarray, *, medium: str | float, channel_width_um: float,
@@ -89,6 +91,8 @@ class RTDCImportResult:
     n_skipped: int
     events_per_second: float
     settings: dict[str, Any]
+    no_modulus: str = ""
+    """Why no event has a modulus (metadata missing, with what to pass); empty when computed."""
 
 
 def _settings(ds: Any, path: Path, cfg: RTDCImportConfig) -> dict[str, Any]:
@@ -139,14 +143,17 @@ def import_rtdc(
     Raises
     ------
     RTDCReadError
-        Unreadable file, no event images or masks, missing metadata the look-up needs
-        (naming the option to pass). Events outside the look-up table get NaN.
+        Unreadable file, no event images or masks, no pixel size; missing metadata the
+        look-up needs only with ``require_modulus`` (else the events are imported with a
+        NaN modulus and ``no_modulus`` says what to pass). Events outside the look-up
+        table get NaN and are counted.
     """
     from mechanoscope import __version__
     from mechanoscope.cells.extract import ExtractConfig, extract_cells
     from mechanoscope.io.crop_store import CropStoreWriter
     from mechanoscope.io.atomic import write_json
     from mechanoscope.io.tables import write_table
+    from skimage.measure import label
 
     cfg = config if isinstance(config, RTDCImportConfig) else RTDCImportConfig.build(**dict(config or {}))
     p = Path(path)
@@ -157,14 +164,31 @@ def import_rtdc(
                       ("deform", "deformation"), ("area_um", "area")):
         if need not in ds.features:
             raise RTDCReadError(f"{p}: the file holds no '{need}' feature ({why}); it cannot be imported as cells — export it with images and masks")
-    st = _settings(ds, p, cfg)
     n_all = len(ds)
     n = min(n_all, cfg.max_events or n_all)
     area, deform = np.asarray(ds["area_um"][:n], float), np.asarray(ds["deform"][:n], float)
+    no_modulus = ""
+    try:
+        st = _settings(ds, p, cfg)
+    except RTDCReadError as exc:
+        if cfg.require_modulus:
+            raise
+        # import the events anyway (images, deformation, area); the modulus stays NaN and the result says why
+        no_modulus = str(exc)
+        s = rtdc_setup(ds)
+        px = cfg.pixel_size_um or s.pixel_size_um
+        if px is None:
+            raise RTDCReadError(f"{p}: the file records no pixel size; pass --pixel-size-um") from None
+        st = {"channel_width_um": cfg.channel_width_um or s.channel_width_um, "flow_rate_ul_s": cfg.flow_rate_ul_s or s.flow_rate_ul_s,
+              "pixel_size_um": float(px), "medium": cfg.medium or s.medium, "temperature": cfg.temperature_c or s.temperature_c,
+              "temperature_source": "missing", "lut": cfg.lut, "viscosity_model": cfg.viscosity_model}
     temp = st["temperature"][:n] if isinstance(st["temperature"], np.ndarray) else st["temperature"]
-    emod = rtdc_youngs_modulus_pa(area, deform, medium=st["medium"], channel_width_um=st["channel_width_um"],
-                                  flow_rate_ul_s=st["flow_rate_ul_s"], pixel_size_um=st["pixel_size_um"],
-                                  temperature_c=temp, lut=st["lut"], viscosity_model=st["viscosity_model"])
+    if no_modulus:
+        emod = np.full(n, np.nan)
+    else:
+        emod = rtdc_youngs_modulus_pa(area, deform, medium=st["medium"], channel_width_um=st["channel_width_um"],
+                                      flow_rate_ul_s=st["flow_rate_ul_s"], pixel_size_um=st["pixel_size_um"],
+                                      temperature_c=temp, lut=st["lut"], viscosity_model=st["viscosity_model"])
     bright = np.asarray(ds["bright_avg"][:n], float) if "bright_avg" in ds.features else np.full(n, np.nan)
     ecfg = ExtractConfig.build(crop={"crop_size_um": cfg.crop_size_um, "crop_pixels": cfg.crop_pixels})
     out = Path(out_dir)
@@ -180,11 +204,15 @@ def import_rtdc(
                 skipped.append({"event": i, "error": "empty mask"})
                 continue
             image = np.asarray(ds["image"][i], dtype=np.float32)
-            table, crops = extract_cells(image, (mask > 0).astype(np.int32), pixel_size_um=st["pixel_size_um"],
+            parts = label(mask > 0)
+            n_parts = int(parts.max())
+            if n_parts > 1:  # an event is one cell: keep the largest object of its mask (debris, artefacts go)
+                parts = (parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))).astype(np.int32)
+            table, crops = extract_cells(image, (parts > 0).astype(np.int32), pixel_size_um=st["pixel_size_um"],
                                          config=ecfg, image_id=image_id)
             writer.append(crops, image_id=image_id, cell_ids=table["cell_id"].to_numpy(), frames=table["frame"].to_numpy(),
                           pad_value=float(table["crop_pad_value"].iloc[0]) if len(table) else None)
-            table = table.assign(rtdc_event=i, rtdc_deform=deform[i], rtdc_area_um2=area[i], rtdc_bright_avg=bright[i],
+            table = table.assign(rtdc_event=i, rtdc_mask_objects=n_parts, rtdc_deform=deform[i], rtdc_area_um2=area[i], rtdc_bright_avg=bright[i],
                                  rtdc_youngs_modulus_pa=emod[i],
                                  rtdc_temperature_c=float(temp[i]) if isinstance(temp, np.ndarray) else temp)
             rows.append(table)
@@ -195,20 +223,22 @@ def import_rtdc(
             raise RTDCReadError(f"{p}: none of its {n} event(s) has a non-empty mask; nothing imported")
     cells = pd.concat(rows, ignore_index=True)
     medium_name = f"viscosity {st['medium']} mPa·s" if isinstance(st["medium"], float) else st["medium"]
-    cells = cells.assign(rtdc_lut=st["lut"], rtdc_viscosity_model=st["viscosity_model"] or "none", rtdc_medium=medium_name,
-                         rtdc_channel_width_um=st["channel_width_um"], rtdc_flow_rate_ul_s=st["flow_rate_ul_s"], rtdc_file=str(p))
+    cells = cells.assign(rtdc_lut=st["lut"], rtdc_viscosity_model=st["viscosity_model"] or "none", rtdc_medium=str(medium_name),
+                         rtdc_channel_width_um=st["channel_width_um"] or np.nan, rtdc_flow_rate_ul_s=st["flow_rate_ul_s"] or np.nan,
+                         rtdc_file=str(p))
     write_table(cells, out / "cells.parquet")
-    n_out = int(np.count_nonzero(~np.isfinite(emod)))
+    n_out = 0 if no_modulus else int(np.count_nonzero(~np.isfinite(emod)))
     seconds = time.perf_counter() - t0
     settings = {k: v for k, v in st.items() if k != "temperature"}
     settings["temperature_c"] = None if isinstance(st["temperature"], np.ndarray) else st["temperature"]
     summary = {
         "config": cfg.model_dump(mode="json"), "settings": settings, "source": str(p), "n_events": n_all,
-        "n_imported": int(len(cells)), "n_outside_lut": n_out, "skipped": skipped,
+        "n_imported": int(len(cells)), "n_outside_lut": n_out, "skipped": skipped, "no_modulus": no_modulus,
         "events_per_second": round(n / seconds, 2) if seconds > 0 else None,
         "outputs": {"cells": "cells.parquet", "crops": "crops.zarr"},
         "provenance": {"function": "mechanoscope.mechanics.rtdc.import_rtdc", "mechanoscope": __version__,
                        "dclab": __import__("dclab").__version__},
     }
     write_json(summary, out / "rtdc.json")
-    return RTDCImportResult(out, cells, n_all, int(len(cells)), n_out, len(skipped), n / seconds if seconds > 0 else float("inf"), settings)
+    return RTDCImportResult(out, cells, n_all, int(len(cells)), n_out, len(skipped), n / seconds if seconds > 0 else float("inf"),
+                            settings, no_modulus)
