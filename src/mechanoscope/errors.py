@@ -23,6 +23,8 @@ __all__ = [
     "SkippedInputWarning",
     "AFMReadError",
     "AFMFitError",
+    "CTCFormatError",
+    "TrackingError",
 ]
 
 
@@ -80,6 +82,16 @@ class AFMReadError(MechanoscopeError):
 
 class AFMFitError(MechanoscopeError):
     """A force curve cannot be fitted (no contact, too few points, fit did not converge)."""
+
+
+class CTCFormatError(MechanoscopeError):
+    """A Cell Tracking Challenge folder or track file (``man_track.txt``/``res_track.txt``) is malformed
+    or disagrees with its label images; the message names the file and line."""
+
+
+class TrackingError(MechanoscopeError):
+    """A time series cannot be tracked as given: frames of different shapes, a single frame,
+    reused ids, a gap between frames larger than allowed, missing columns."""
 
 
 def failure_message(exc: BaseException, path: str | os.PathLike[str]) -> str:

@@ -1,0 +1,19 @@
+"""Metrics that compare results with a reference. Tracking: CTC measures (py-ctcmetrics), links, divisions."""
+
+from mechanoscope.metrics.tracking import (
+    CTC_DEFAULT_METRICS,
+    ctc_scores,
+    division_scores,
+    linking_scores,
+    match_detections,
+    tracking_scores,
+)
+
+__all__ = [
+    "CTC_DEFAULT_METRICS",
+    "ctc_scores",
+    "division_scores",
+    "linking_scores",
+    "match_detections",
+    "tracking_scores",
+]

@@ -1,0 +1,142 @@
+"""Tracking a label-image series end to end and writing the results.
+
+``track_label_series`` measures every frame, links, relabels and computes the per-track
+series; ``write_track_outputs`` writes them into a folder::
+
+    OUT/cells.parquet         one row per cell and frame with track_id, parent_track_id, lineage_id
+    OUT/lineage.parquet       one row per track (parent, children, division frame, generation)
+    OUT/trajectories.parquet  one row per track and frame (speed, smoothed stiffness)
+    OUT/tracks.parquet        one row per track (speed, persistence, MSD exponent, stiffness trend)
+    OUT/labels/frame000.tif   relabelled series: one cell keeps one id (= track_id) in every frame
+    OUT/ctc/mask000.tif, res_track.txt   the same tracks in Cell Tracking Challenge format
+    OUT/track.json            parameters (with derived distances), counts, timing
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mechanoscope.errors import TrackingError
+from mechanoscope.track.config import TrackConfig
+from mechanoscope.track.labels import as_series, measure_series, overlap_table, relabel_series
+from mechanoscope.track.link import lineage_table, link_cells
+from mechanoscope.track.series import track_summary, trajectories
+
+__all__ = ["TrackResult", "track_label_series", "write_track_outputs"]
+
+_PREDICTION_COLUMNS = ("pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_label", "stiffness_pa", "condition")
+
+
+@dataclass
+class TrackResult:
+    """Everything tracking produces (see the module docstring for each table)."""
+
+    cells: pd.DataFrame
+    lineage: pd.DataFrame
+    trajectories: pd.DataFrame
+    tracks: pd.DataFrame
+    labels: np.ndarray
+    pixel_size_um: float
+    config: TrackConfig
+    timing_s: dict = field(default_factory=dict)
+
+    def ctc(self) -> tuple[np.ndarray, pd.DataFrame]:
+        """The result as a CTC label series and ``L B E P`` table (gaps split into child tracks)."""
+        from mechanoscope.io.ctc import ctc_tracks_from_labels
+
+        parents = dict(zip(self.lineage["track_id"], self.lineage["parent_track_id"]))
+        return ctc_tracks_from_labels(self.labels, {k: v for k, v in parents.items() if v})
+
+
+def track_label_series(
+    series: np.ndarray,
+    pixel_size_um: float,
+    config: TrackConfig | None = None,
+    *,
+    cells: pd.DataFrame | None = None,
+    frame_interval_min: float | None = None,
+    window_frames: int = 5,
+) -> TrackResult:
+    """Track the cells of a ``(T, Y, X)`` label series (ids unique within each frame).
+
+    Parameters
+    ----------
+    series
+        Label images, frame by frame.
+    pixel_size_um
+        Pixel size (µm) of the label images.
+    config
+        Tracking parameters.
+    cells
+        Optional cell table of the same series (``frame``, ``cell_id`` = label in that
+        frame) whose prediction columns (``pred_stiffness_pa``, ``pred_lo_pa``, …,
+        ``condition``) are carried onto the tracked cells.
+    frame_interval_min, window_frames
+        See :func:`mechanoscope.track.series.trajectories`.
+    """
+    config = config or TrackConfig()
+    series = as_series(series)
+    t0 = time.perf_counter()
+    table = measure_series(series, pixel_size_um)
+    if cells is not None:
+        missing = [c for c in ("frame", "cell_id") if c not in cells.columns]
+        if missing:
+            raise TrackingError(f"the cell table lacks column(s) {missing} needed to join it to the label series")
+        extra = [c for c in _PREDICTION_COLUMNS if c in cells.columns]
+        if cells.duplicated(subset=["frame", "cell_id"]).any():
+            row = cells.loc[cells.duplicated(subset=["frame", "cell_id"])].iloc[0]
+            raise TrackingError(f"cell table: cell_id {row['cell_id']} is used twice in frame {row['frame']}")
+        table = table.merge(cells[["frame", "cell_id", *extra]], on=["frame", "cell_id"], how="left")
+    overlap = overlap_table(series) if config.overlap_weight > 0 else None
+    t1 = time.perf_counter()
+    tracked = link_cells(table, config, overlap=overlap, n_frames=series.shape[0])
+    t2 = time.perf_counter()
+    lineage = lineage_table(tracked)
+    labels = relabel_series(series, tracked)
+    traj = trajectories(tracked, window_frames=window_frames, frame_interval_min=frame_interval_min)
+    summary = track_summary(traj, lineage)
+    t3 = time.perf_counter()
+    return TrackResult(
+        cells=tracked, lineage=lineage, trajectories=traj, tracks=summary, labels=labels,
+        pixel_size_um=float(pixel_size_um), config=config,
+        timing_s={"measure": t1 - t0, "link": t2 - t1, "series": t3 - t2, "total": t3 - t0},
+    )
+
+
+def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, source: str | None = None) -> Path:
+    """Write a :class:`TrackResult` into ``out`` (layout in the module docstring), each file atomically."""
+    from mechanoscope.io.atomic import make_output_folder, write_json
+    from mechanoscope.io.ctc import write_ctc_folder
+    from mechanoscope.io.images import write_label_image
+    from mechanoscope.io.tables import write_table
+
+    folder = make_output_folder(out)
+    write_table(result.cells, folder / "cells.parquet")
+    write_table(result.lineage, folder / "lineage.parquet")
+    write_table(result.trajectories, folder / "trajectories.parquet")
+    write_table(result.tracks, folder / "tracks.parquet")
+    digits = 3 if result.labels.shape[0] <= 1000 else 4
+    for t in range(result.labels.shape[0]):
+        write_label_image(folder / "labels" / f"frame{t:0{digits}d}.tif", result.labels[t], pixel_size_um=result.pixel_size_um)
+    ctc_labels, ctc_tracks = result.ctc()
+    write_ctc_folder(folder / "ctc", ctc_labels, ctc_tracks, kind="res")
+    lin = result.lineage
+    write_json({
+        "source": source,
+        "parameters": result.config.resolved(),
+        "pixel_size_um": result.pixel_size_um,
+        "n_frames": int(result.labels.shape[0]),
+        "n_cells": int(len(result.cells)),
+        "n_tracks": int(len(lin)),
+        "n_lineages": int(lin["lineage_id"].nunique()),
+        "n_divisions": int(lin["divides"].sum()),
+        "n_closed_gaps": int((lin["n_missed_frames"] > 0).sum()),
+        "timing_s": result.timing_s,
+    }, folder / "track.json")
+    return folder
