@@ -64,6 +64,9 @@ _afm.register(app)
 from mechanoscope.cli import rtdc as _rtdc  # noqa: E402
 
 _rtdc.register(app)
+from mechanoscope.cli import track as _track  # noqa: E402
+
+_track.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,6 +98,39 @@ def afm(
     console.print(f"wrote {len(truth)} curves in {truth['file'].nunique()} file(s) and truth.parquet to {out}")
 
 
+@simulate_app.command("timelapse")
+def timelapse(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, labels/, gt/TRA/ in CTC format, cells.parquet, lineage.parquet, simulation.json)."),
+    n_frames: int = typer.Option(40, help="Number of frames."),
+    n_cells: int = typer.Option(20, help="Cells in the first frame."),
+    image_size_px: int = typer.Option(256, help="Frame edge length in pixels."),
+    pixel_size_um: float = typer.Option(1.0, help="Pixel size in µm."),
+    speed_um_per_frame: float = typer.Option(3.0, help="Root-mean-square cell speed (µm per frame)."),
+    division_probability: float = typer.Option(0.015, help="Probability per cell and frame of dividing."),
+    miss_probability: float = typer.Option(0.01, help="Probability that a cell is missing from a frame (missed detection)."),
+    treatment_frame: Optional[int] = typer.Option(None, help="Frame from which the treated half of the cells stiffens."),
+    treatment_fold: float = typer.Option(2.0, help="Stiffening factor of treated cells."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with a TimelapseConfig; flags given explicitly override it."),
+    seed: int = typer.Option(0, help="Random seed; same seed → identical files."),
+    overwrite: bool = typer.Option(False, help="Replace a different simulation already in --out."),
+) -> None:
+    """Simulate a time-lapse of moving, dividing cells with known tracks (CTC format) and stiffness."""
+    from mechanoscope.simulate.timelapse import TimelapseConfig, simulate_timelapse
+
+    with user_errors():
+        base = TimelapseConfig.from_file(config).model_dump() if config else {}
+        flags = {"n_frames": n_frames, "n_cells": n_cells, "image_shape_px": (image_size_px, image_size_px),
+                 "pixel_size_um": pixel_size_um, "speed_um_per_frame": speed_um_per_frame,
+                 "division_probability": division_probability, "miss_probability": miss_probability,
+                 "treatment_frame": treatment_frame, "treatment_fold": treatment_fold}
+        names = {"image_shape_px": "image_size_px"}
+        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, names.get(k, k))})
+        sim = simulate_timelapse(out, TimelapseConfig.build(**base), seed=seed, overwrite=overwrite)
+    console.print(f"wrote {sim.config.n_frames} frames, {len(sim.cells)} cells in {len(sim.lineage)} tracks "
+                  f"({int(sim.lineage['divides'].sum()) if len(sim.lineage) else 0} divisions) to {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``simulate`` verb to the main app."""
     app.add_typer(simulate_app, name="simulate")

@@ -1,0 +1,107 @@
+"""``mechanoscope track SOURCE --out OUT``: link the cells of a label-image series over time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mechanoscope.cli._common import console, flag_given, user_errors
+
+__all__ = ["register", "track"]
+
+
+def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
+    """Label series, pixel size, a cell table to carry (or None) and what was read."""
+    from mechanoscope.errors import MissingPixelSizeError
+    from mechanoscope.io.ctc import is_ctc_folder, read_ctc_folder
+    from mechanoscope.track.labels import as_series, read_label_series
+
+    cells_path = None
+    if is_ctc_folder(source):
+        labels, _tracks = read_ctc_folder(source)  # checks the track file (file and line on errors)
+        series, px, what = as_series(labels), None, f"CTC folder {source}"
+    else:
+        folder = source / "labels" if (source / "labels").is_dir() else source
+        if folder != source and (source / "cells.parquet").is_file():
+            cells_path = source / "cells.parquet"
+        series, px, _names = read_label_series(folder, axes=axes, pixel_size_um=pixel_size_um)
+        what = str(folder)
+    px = pixel_size_um if pixel_size_um is not None else px
+    if px is None:
+        raise MissingPixelSizeError(f"{source}: the label images carry no pixel size; pass --pixel-size-um")
+    return series, float(px), cells_path, what
+
+
+def track(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="Label images: a folder of frames (sorted by name), one TYX stack, a folder with labels/ "
+                                  "(e.g. 'simulate timelapse' output; its cells.parquet is carried), or a CTC folder (res_track.txt/man_track.txt + TIFFs)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (cells/lineage/trajectories/tracks.parquet, labels/, ctc/, track.json)."),
+    pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm [default: from the files' metadata]."),
+    expected_speed_um: float = typer.Option(4.0, "--expected-speed-um", help="Typical displacement of a cell between frames (µm); sets every distance left unset."),
+    max_speed_um: Optional[float] = typer.Option(None, "--max-speed-um", help="Largest displacement linked between consecutive frames (µm) [default: 3 x expected speed]."),
+    max_gap_frames: int = typer.Option(2, help="Most consecutive frames a cell may be missed and keep its track (0: no gap closing)."),
+    cell_diameter_um: float = typer.Option(15.0, help="Typical cell diameter (µm); limits how far daughters may lie from their mother."),
+    divisions: bool = typer.Option(True, "--divisions/--no-divisions", help="Detect divisions."),
+    area_weight: float = typer.Option(0.0, help="Weight of area change in the linking cost (0: position only)."),
+    overlap_weight: float = typer.Option(0.0, help="Weight of mask overlap (1 - IoU) in the linking cost (0: off)."),
+    cells: Optional[Path] = typer.Option(None, help="Cell table (frame, cell_id = label in that frame) whose predictions (pred_stiffness_pa, …) go onto the tracks."),
+    axes: Optional[str] = typer.Option(None, help="Axes of a single stack file, e.g. TYX."),
+    frame_interval_min: Optional[float] = typer.Option(None, help="Minutes between frames (adds time_min and µm/min speeds)."),
+    reference: Optional[Path] = typer.Option(None, help="CTC reference folder (man_track.txt + man_track*.tif, e.g. 01_GT/TRA) to score the tracks against (scores.json)."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with a TrackConfig; flags given explicitly override it."),
+) -> None:
+    """Track cells through a time series of label images: track ids, divisions, lineages, per-track series."""
+    from mechanoscope.track import TrackConfig, track_label_series, write_track_outputs
+
+    with user_errors():
+        from mechanoscope.io.atomic import check_output_folder_path
+
+        check_output_folder_path(out)
+        base = TrackConfig.from_file(config).model_dump() if config else {}
+        flags = {
+            "expected_speed_um": ("expected_speed_um_per_frame", expected_speed_um),
+            "max_speed_um": ("max_distance_um", max_speed_um),
+            "max_gap_frames": ("max_gap_frames", max_gap_frames),
+            "cell_diameter_um": ("cell_diameter_um", cell_diameter_um),
+            "divisions": ("divisions", divisions),
+            "area_weight": ("area_weight", area_weight),
+            "overlap_weight": ("overlap_weight", overlap_weight),
+        }
+        base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
+        cfg = TrackConfig.build(**base)
+        series, px, cells_path, what = _load_source(source, axes, pixel_size_um)
+        table = None
+        if cells is not None or cells_path is not None:
+            from mechanoscope.io.tables import read_table
+
+            table = read_table(cells if cells is not None else cells_path)
+        result = track_label_series(series, px, cfg, cells=table, frame_interval_min=frame_interval_min)
+        folder = write_track_outputs(result, out, source=what)
+        lin = result.lineage
+        console.print(
+            f"{series.shape[0]} frames, {len(result.cells)} cells → {len(lin)} tracks in {lin['lineage_id'].nunique()} lineages, "
+            f"{int(lin['divides'].sum())} divisions, {int((lin['n_missed_frames'] > 0).sum())} closed gaps"
+        )
+        if reference is not None:
+            from mechanoscope.io.atomic import write_json
+            from mechanoscope.io.ctc import read_ctc_folder
+            from mechanoscope.metrics.tracking import tracking_scores
+
+            ref_labels, ref_tracks = read_ctc_folder(reference)
+            comp_labels, comp_tracks = result.ctc()
+            scores = tracking_scores(ref_labels, ref_tracks, comp_labels, comp_tracks)
+            write_json(scores, folder / "scores.json")
+            c = scores["ctc"]
+            console.print(
+                f"against {reference}: TRA {c['TRA']:.4f}, DET {c['DET']:.4f}, LNK {c['LNK']:.4f}, "
+                f"link F1 {scores['linking']['f1']:.4f}, division F1 {scores['divisions']['f1']:.4f}"
+            )
+    typer.echo(str(folder))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``track`` verb to the main app."""
+    app.command("track")(track)
