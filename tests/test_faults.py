@@ -322,6 +322,28 @@ def test_an_unexpected_error_in_one_image_is_recorded_and_the_batch_goes_on(batc
     assert all(record["images"][s]["status"] == "done" for s in GOOD[1:])
 
 
+def test_an_unexpected_error_in_one_pair_is_recorded_by_extract(batch, tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import mechanoscope.cells.extract as extract
+        original, calls = extract.measure_cells, []
+        def planted(*args, **kw):
+            calls.append(1)
+            if len(calls) == 1:
+                raise ZeroDivisionError("planted bug")
+            return original(*args, **kw)
+        extract.measure_cells = planted
+        from mechanoscope.cli.main import main
+        main(sys.argv[1:])
+    """)
+    out = tmp_path / "ext"
+    proc = cli("extract", batch / "images", batch / "labels", "--out", out, code=code)
+    assert proc.returncode == 1
+    failed = _failed(json.loads((out / "extract.json").read_text())["status"])
+    assert failed["bigid"]["stage"] == "extract" and "ZeroDivisionError: planted bug" in failed["bigid"]["error"]
+    assert set(pd.read_parquet(out / "cells.parquet")["image_id"]) >= set(GOOD[1:])
+
+
 def test_an_unexpected_error_is_one_line_with_exit_code_3(tmp_path):
     code = textwrap.dedent("""
         import sys
