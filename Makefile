@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mechanoscope demo --out $(DEMO_OUT)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n 2 tests
 
 benchmarks: $(STAMP)

@@ -15,11 +15,12 @@ from mechanoscope.errors import MechanoscopeError
 from mechanoscope.evaluate import (
     classification_metrics,
     compare_conditions,
-    evaluate_run,
     regression_metrics,
     reliability_bins,
     summarize_by_condition,
 )
+
+from mechanoscope.pipeline import evaluate_run
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -266,7 +267,7 @@ def test_evaluate_run_bad_inputs(tmp_path):
 def test_crops_as_plain_array_or_mismatched(tmp_path):
     import zarr
 
-    from mechanoscope.evaluate.run_evaluation import _open_crops
+    from mechanoscope.pipeline.evaluation import _open_crops
 
     a = zarr.open(str(tmp_path / "crops.zarr"), mode="w", shape=(4, 1, 8, 8), dtype="float32")
     a[:] = 1.0

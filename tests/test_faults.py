@@ -281,7 +281,7 @@ def test_train_checks_its_output_folder_before_training(tmp_path):
 
 
 def test_evaluate_refuses_a_table_without_qc_pass(tmp_path):
-    from mechanoscope.evaluate.run_evaluation import evaluate_run
+    from mechanoscope.pipeline.evaluation import evaluate_run
 
     run = tmp_path / "run"
     run.mkdir()

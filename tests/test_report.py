@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from mechanoscope import __version__
 from mechanoscope.cli.main import app
-from mechanoscope.evaluate import evaluate_run
+from mechanoscope.errors import MechanoscopeError
+from mechanoscope.pipeline import evaluate_run
 from mechanoscope.report import write_report
 from mechanoscope.report.html import NO_TRUTH_SENTENCE, coverage_sentence
 
@@ -64,7 +65,11 @@ def assert_self_contained(html: str) -> None:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("rep") / "run")
-    path = write_report(run)
+    with pytest.raises(MechanoscopeError, match="no evaluation.json; evaluate the run first"):
+        write_report(run)  # the report shows an evaluation, never computes one
+    path = write_report(run, evaluation=evaluate_run(run, figures=True))
+    again = write_report(run, run / "again.html").read_text(encoding="utf-8")  # from evaluation.json and figures/
+    assert again.count('<img src="data:image/png;base64,') == path.read_text(encoding="utf-8").count('<img src="data:image/png;base64,') >= 7
     return run, path, path.read_text(encoding="utf-8")
 
 

@@ -34,7 +34,7 @@ from mechanoscope.evaluate.stiffness import (
     reliability_bins,
     summarize_by_condition,
 )
-from mechanoscope.evaluate.run_evaluation import _summary_pa
+from mechanoscope.pipeline.evaluation import _summary_pa
 
 FAST = settings(max_examples=40, deadline=None)
 SLOW = settings(max_examples=15, deadline=None)  # each example calls several scikit-learn metrics

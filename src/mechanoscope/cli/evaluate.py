@@ -323,7 +323,7 @@ def run(
     stiffness_pa (Pa). With a split column only test cells are scored. Writes
     RUN/evaluation.json and RUN/figures/*.png.
     """
-    from mechanoscope.evaluate.run_evaluation import evaluate_run
+    from mechanoscope.pipeline.evaluation import evaluate_run
 
     with user_errors():
         ev = evaluate_run(run_dir, figures=figures, all_cells=all_cells)

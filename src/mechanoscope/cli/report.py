@@ -24,10 +24,11 @@ def report(
 
     Also (re)writes RUN/evaluation.json and RUN/figures/*.png. Prints the report's path.
     """
+    from mechanoscope.pipeline.evaluation import evaluate_run
     from mechanoscope.report.html import write_report
 
     with user_errors():
-        path = write_report(run_dir, out)
+        path = write_report(run_dir, out, evaluation=evaluate_run(run_dir, figures=True))
     console.print("[green]report written[/green]")
     typer.echo(str(path))
 

@@ -34,7 +34,7 @@ Regression (:func:`regression_metrics`), Young's modulus ``E`` in Pa
       interval width as a fold ``hi / lo`` (geometric mean and median).
 
 Figures (``*_png(...)`` functions returning PNG bytes) live in
-:mod:`mechanoscope.evaluate.stiffness_figures`.
+:mod:`mechanoscope.report.stiffness_figures`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ the command line prints the same rows.
 from __future__ import annotations
 
 import base64
+import json
 import datetime as _dt
 import math
 import os
@@ -329,13 +330,27 @@ def _model_rows(model: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _read_evaluation(run: Path) -> dict[str, Any]:
+    path = run / "evaluation.json"
+    if not path.exists():
+        raise MechanoscopeError(f"{run}: no evaluation.json; evaluate the run first (`mechanoscope evaluate {run}`, or `mechanoscope report {run}`, which evaluates it)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MechanoscopeError(f"{path}: cannot be read ({exc}); re-run `mechanoscope evaluate {run}`") from None
+
+
 def write_report(
     run_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
     *,
     evaluation: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Evaluate a run folder and write a self-contained HTML report.
+    """Write a self-contained HTML report of an evaluated run folder.
+
+    The report shows an evaluation; it never computes one: pass ``evaluation`` (the
+    result of :func:`mechanoscope.pipeline.evaluate_run`) or let it read
+    ``RUN/evaluation.json`` and ``RUN/figures`` written by ``mechanoscope evaluate``.
 
     Parameters
     ----------
@@ -345,32 +360,29 @@ def write_report(
     out
         Report file; default ``RUN/report.html``.
     evaluation
-        The result of :func:`mechanoscope.evaluate.evaluate_run` on this folder, if
-        just computed (its figures are read from ``RUN/figures``); default: evaluate
-        the run now.
+        The result of :func:`mechanoscope.pipeline.evaluate_run` on this folder
+        (its figures are read from ``RUN/figures``); default: ``RUN/evaluation.json``.
 
     Returns
     -------
     Path
-        The report file. Unless ``evaluation`` is given, ``RUN/evaluation.json`` and
-        ``RUN/figures/*.png`` are (re)written as well.
+        The report file.
 
     Raises
     ------
     MechanoscopeError
-        As :func:`mechanoscope.evaluate.evaluate_run`.
+        When the run has not been evaluated (no ``evaluation.json``) or that file is unreadable.
     """
     import jinja2
 
     from mechanoscope import __version__
-    from mechanoscope.evaluate.run_evaluation import evaluate_run
     from mechanoscope.io import atomic_path
 
     run = Path(run_dir)
     target = Path(out) if out is not None else run / "report.html"
     if target.suffix.lower() not in (".html", ".htm"):
         raise MechanoscopeError(f"{target}: give a report file name ending in .html")
-    ev = dict(evaluation) if evaluation is not None else evaluate_run(run, figures=True)
+    ev = dict(evaluation) if evaluation is not None else _read_evaluation(run)
 
     figures = []
     for name, info in ev.get("figures", {}).items():

@@ -3,7 +3,7 @@
 :func:`evaluate_run` reads what ``mechanoscope predict`` wrote (``cells.parquet``,
 ``predict.json``, ``crops.zarr``), keeps the held-out, quality-passing cells, scores them
 with the metrics of :mod:`mechanoscope.evaluate.stiffness` and draws the figures of
-:mod:`mechanoscope.evaluate.stiffness_figures`.
+:mod:`mechanoscope.report.stiffness_figures`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandas as pd
 
 from mechanoscope.errors import MechanoscopeError
 from mechanoscope.evaluate.stiffness import (
-    FIGURE_NAMES,
     _PROB_PREFIX,
+    FIGURE_NAMES,
     _as_float,
     _as_labels,
     _check_positive,
@@ -144,7 +144,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_c
         non-positive modulus).
     """
     from mechanoscope import __version__
-    from mechanoscope.evaluate.stiffness_figures import (
+    from mechanoscope.io import atomic_path, read_table, write_json
+    from mechanoscope.report.stiffness_figures import (
         bland_altman_png,
         class_fraction_png,
         condition_distribution_png,
@@ -155,7 +156,6 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_c
         roc_png,
         stiffness_gallery_png,
     )
-    from mechanoscope.io import atomic_path, read_table, write_json
 
     run = Path(run_dir)
     if not run.is_dir():
