@@ -331,3 +331,14 @@ def test_cli_two_files_and_errors(tmp_path) -> None:
     assert nopair.exit_code == 2
     assert "paired by file name" in nopair.stderr
     assert "Traceback" not in nopair.output
+
+
+def test_no_overlapping_pair_gives_empty_matches_of_one_length():
+    true = np.zeros((6, 8), np.int32)
+    pred = np.zeros((6, 8), np.int32)
+    true[0:2, 0:2] = 4
+    pred[4:6, 5:8] = 9  # no pixel in common: no candidate pair at any threshold
+    m = match_instances(pred, true, iou_threshold=0.5)
+    assert (m.tp, m.fp, m.fn) == (0, 1, 1)
+    assert m.ious.shape == m.true_ids.shape == m.pred_ids.shape == (0,)
+    assert m.sum_matched_iou == 0.0
