@@ -362,8 +362,9 @@ def test_cli_train_and_segment(trained, tmp_path):
     run = tmp_path / "run"
     # the form: `segment IMAGES --method MODEL --out RUN`
     r = runner.invoke(app, ["segment", str(imgs), "--method", str(trained[0]), "--out", str(run)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # one image failed: the batch finishes, and says so
     assert "broken.tif" in r.output.replace("\n", "") and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("1 of 4 image(s) failed")
     lab = read_label_image(run / "labels" / "f0.tif")
     assert lab.data.shape == (64, 64) and lab.pixel_size_um == pytest.approx(1.0) and lab.data.max() > 0
     rec = json.loads((run / "segment.json").read_text())
@@ -372,7 +373,7 @@ def test_cli_train_and_segment(trained, tmp_path):
     # re-running skips finished images
     before = (run / "labels" / "f0.tif").stat().st_mtime_ns
     r = runner.invoke(app, ["segment", "run", str(imgs), "--method", str(trained[0]), "--out", str(run)])
-    assert r.exit_code == 0 and "3 already done" in " ".join(r.output.split())
+    assert r.exit_code == 1 and "3 already done" in " ".join(r.output.split())  # broken.tif is still there
     assert (run / "labels" / "f0.tif").stat().st_mtime_ns == before
     # other settings into the same run folder: refused
     r = runner.invoke(app, ["segment", "run", str(imgs), "--method", "classical", "--out", str(run)])
