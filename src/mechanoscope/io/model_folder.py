@@ -168,7 +168,9 @@ def provenance(
         for name in ("torch", "monai", "numpy", "scipy", "scikit-image", "safetensors", "pydantic")
     }
     device = "cpu"
-    if "torch" in sys.modules or versions["torch"]:
+    # only a process that has loaded torch can have used a GPU: a classical segmentation or a
+    # features model never imports it (3 s of start-up) just to write "cpu" here
+    if "torch" in sys.modules:
         with contextlib.suppress(Exception):
             import torch
 
