@@ -4,8 +4,10 @@ from mechanoscope.metrics.tracking import (
     CTC_DEFAULT_METRICS,
     ctc_scores,
     division_scores,
+    edge_scores,
     linking_scores,
     match_detections,
+    table_links,
     tracking_scores,
 )
 
@@ -13,7 +15,9 @@ __all__ = [
     "CTC_DEFAULT_METRICS",
     "ctc_scores",
     "division_scores",
+    "edge_scores",
     "linking_scores",
     "match_detections",
+    "table_links",
     "tracking_scores",
 ]

@@ -27,7 +27,10 @@ import pandas as pd
 
 from mechanoscope.errors import MechanoscopeError
 
-__all__ = ["CTC_DEFAULT_METRICS", "ctc_scores", "division_scores", "linking_scores", "match_detections", "tracking_scores"]
+__all__ = [
+    "CTC_DEFAULT_METRICS", "ctc_scores", "division_scores", "edge_scores", "linking_scores", "match_detections",
+    "table_links", "tracking_scores",
+]
 
 CTC_DEFAULT_METRICS = ("Valid", "DET", "TRA", "LNK", "CHOTA", "BC")
 
@@ -180,4 +183,34 @@ def tracking_scores(ref_labels, ref_tracks, comp_labels, comp_tracks, *, ctc: bo
     }
     if ctc:
         out["ctc"] = ctc_scores(ref_labels, ref_tracks, comp_labels, comp_tracks)
+    return out
+
+
+def table_links(table: pd.DataFrame, node: str = "node", track: str = "track_id", parent: str = "parent_track_id") -> set:
+    """Links of a tracked table of detections: ``{(node a, node b)}``.
+
+    Consecutive detections (by ``frame``) of one track, and each daughter's first
+    detection from its mother's last (``parent`` 0 or missing: none). For point data
+    whose detections are shared between reference and result (no image matching).
+    """
+    t = table.sort_values([track, "frame"])
+    edges = set()
+    first, last = {}, {}
+    for tid, g in t.groupby(track, sort=False):
+        nodes = g[node].tolist()
+        edges.update(zip(nodes[:-1], nodes[1:]))
+        first[tid], last[tid] = nodes[0], nodes[-1]
+    if parent in t.columns:
+        for tid, par in t.groupby(track)[parent].first().items():
+            if par and par in last:
+                edges.add((last[par], first[tid]))
+    return edges
+
+
+def edge_scores(ref_edges: set, comp_edges: set) -> dict[str, float]:
+    """Precision, recall and F1 of links given as sets of node pairs (shared detections)."""
+    tp = len(ref_edges & comp_edges)
+    out = _f1(tp, len(ref_edges), tp, len(comp_edges))
+    out.update(n_ref_links=len(ref_edges), n_comp_links=len(comp_edges), tp=tp,
+               fp=len(comp_edges) - tp, fn=len(ref_edges) - tp)
     return out

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mechanoscope.errors import TrackingError
 
-__all__ = ["as_series", "measure_series", "overlap_table", "read_label_series", "relabel_series"]
+__all__ = ["as_series", "check_ids_unique", "measure_series", "overlap_table", "read_label_series", "relabel_series"]
 
 
 def as_series(frames: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
@@ -55,25 +55,61 @@ def as_series(frames: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | 
     return series
 
 
+def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequence[str] | None = None) -> None:
+    """Reject an id used for two cells in one frame.
+
+    An id whose mask falls into two or more separate regions each at least ``min_fraction``
+    of the frame's median cell area is taken as two cells sharing an id (a
+    :class:`TrackingError`). Smaller detached pieces are segmentation debris, common in
+    real masks, and are kept as part of their cell.
+    """
+    from skimage.measure import label as connected
+
+    for t in range(series.shape[0]):
+        lab = series[t].astype(np.int64)
+        if not lab.any():
+            continue
+        area = np.bincount(lab.ravel())
+        median = float(np.median(area[1:][area[1:] > 0]))
+        comp = connected(lab, background=0, connectivity=2)
+        k = int(comp.max()) + 1
+        pairs, sizes = np.unique(lab[lab > 0] * k + comp[lab > 0], return_counts=True)
+        big = sizes >= min_fraction * median
+        ids, n_big = np.unique(pairs[big] // k, return_counts=True)
+        if (n_big > 1).any():
+            u = int(ids[n_big > 1][0])
+            where = names[t] if names is not None else f"frame {t}"
+            raise TrackingError(
+                f"{where}: id {u} is used for {int(n_big[n_big > 1][0])} separate cell-sized regions; "
+                "give each cell its own id (e.g. skimage.measure.label on each frame)"
+            )
+
+
 def measure_series(series: np.ndarray, pixel_size_um: float) -> pd.DataFrame:
     """One row per cell and frame: ``frame``, ``cell_id``, centroid in px and µm, ``area_um2``.
 
     ``centroid_y_px`` / ``centroid_x_px`` are pixel indices (row, column); µm values are
     those times ``pixel_size_um``.
     """
-    from scipy import ndimage
-
     if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise TrackingError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     parts = []
+    yy, xx = np.indices(series.shape[1:], dtype=np.float64)
+    yy, xx = yy.ravel(), xx.ravel()
     for t in range(series.shape[0]):
-        lab = series[t]
-        ids = np.unique(lab)
-        ids = ids[ids > 0]
-        if not len(ids):
+        lab = series[t].ravel().astype(np.int64)
+        values = None
+        if lab.size and lab.max() > 4 * lab.size:  # huge ids: count over consecutive ones
+            values, lab = np.unique(lab, return_inverse=True)
+        area = np.bincount(lab)
+        idx = np.flatnonzero(area)
+        idx = idx[(values[idx] if values is not None else idx) > 0]
+        if not len(idx):
             continue
-        cy, cx = np.array(ndimage.center_of_mass(np.ones(lab.shape), lab, ids)).reshape(-1, 2).T
-        area = ndimage.sum_labels(np.ones(lab.shape), lab, ids)
+        cy = np.bincount(lab, weights=yy)[idx] / area[idx]
+        cx = np.bincount(lab, weights=xx)[idx] / area[idx]
+        area = area[idx]
+        ids = values[idx] if values is not None else idx
         parts.append(pd.DataFrame({
             "frame": t, "cell_id": ids.astype(np.int64), "centroid_y_px": cy, "centroid_x_px": cx,
             "centroid_y_um": cy * pixel_size_um, "centroid_x_um": cx * pixel_size_um,
@@ -157,4 +193,4 @@ def read_label_series(
             raise TrackingError(f"{q}: in a folder of frames each file must be one 2-D label image, got shape {img.data.shape}")
         frames.append(img.data)
         px = px if px is not None else img.pixel_size_um
-    return as_series(frames, [q.name for q in paths]), px, [q.name for q in paths]
+    return as_series(frames, [str(q) for q in paths]), px, [str(q) for q in paths]

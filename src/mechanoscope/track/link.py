@@ -52,9 +52,10 @@ def check_cell_table(table: pd.DataFrame, config: TrackConfig, n_frames: int | N
     if "cell_id" in table.columns:
         dup = table.duplicated(subset=["frame", "cell_id"], keep="first")
         if dup.any():
-            row = table.loc[dup.to_numpy()].iloc[0]
+            first = table.loc[dup.to_numpy()]
             raise TrackingError(
-                f"cell_id {row['cell_id']} is used twice in frame {int(row['frame'])}; ids must be unique within a frame"
+                f"cell_id {first['cell_id'].iloc[0]} is used twice in frame {int(first['frame'].iloc[0])}; "
+                "ids must be unique within a frame"
             )
     if "area_um2" not in table.columns and config.area_weight > 0:
         raise TrackingError("area_weight > 0 needs an 'area_um2' column in the cell table")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mechanoscope.errors import TrackingError
 from mechanoscope.track.config import TrackConfig
-from mechanoscope.track.labels import as_series, measure_series, overlap_table, relabel_series
+from mechanoscope.track.labels import as_series, check_ids_unique, measure_series, overlap_table, relabel_series
 from mechanoscope.track.link import lineage_table, link_cells
 from mechanoscope.track.series import track_summary, trajectories
 
@@ -83,22 +83,33 @@ def track_label_series(
     config = config or TrackConfig()
     series = as_series(series)
     t0 = time.perf_counter()
+    series, original_ids = _compact_ids(series)
+    check_ids_unique(series)
     table = measure_series(series, pixel_size_um)
+    if original_ids is not None:  # back to the ids of the files for joins and outputs
+        table["cell_id"] = [int(original_ids[f][i]) for f, i in zip(table["frame"], table["cell_id"])]
     if cells is not None:
         missing = [c for c in ("frame", "cell_id") if c not in cells.columns]
         if missing:
             raise TrackingError(f"the cell table lacks column(s) {missing} needed to join it to the label series")
         extra = [c for c in _PREDICTION_COLUMNS if c in cells.columns]
         if cells.duplicated(subset=["frame", "cell_id"]).any():
-            row = cells.loc[cells.duplicated(subset=["frame", "cell_id"])].iloc[0]
-            raise TrackingError(f"cell table: cell_id {row['cell_id']} is used twice in frame {row['frame']}")
+            first = cells.loc[cells.duplicated(subset=["frame", "cell_id"])]
+            raise TrackingError(
+                f"cell table: cell_id {first['cell_id'].iloc[0]} is used twice in frame {first['frame'].iloc[0]}"
+            )
         table = table.merge(cells[["frame", "cell_id", *extra]], on=["frame", "cell_id"], how="left")
     overlap = overlap_table(series) if config.overlap_weight > 0 else None
     t1 = time.perf_counter()
     tracked = link_cells(table, config, overlap=overlap, n_frames=series.shape[0])
     t2 = time.perf_counter()
     lineage = lineage_table(tracked)
-    labels = relabel_series(series, tracked)
+    if original_ids is not None:
+        compact = tracked.copy()
+        compact["cell_id"] = [int(np.searchsorted(original_ids[f], i)) for f, i in zip(tracked["frame"], tracked["cell_id"])]
+        labels = relabel_series(series, compact)
+    else:
+        labels = relabel_series(series, tracked)
     traj = trajectories(tracked, window_frames=window_frames, frame_interval_min=frame_interval_min)
     summary = track_summary(traj, lineage)
     t3 = time.perf_counter()
@@ -107,6 +118,21 @@ def track_label_series(
         pixel_size_um=float(pixel_size_um), config=config,
         timing_s={"measure": t1 - t0, "link": t2 - t1, "series": t3 - t2, "total": t3 - t0},
     )
+
+
+def _compact_ids(series: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Ids far above the pixel count (e.g. 3e9) are made consecutive per frame; returns the old ids."""
+    if not series.size or int(series.max()) <= 4 * series[0].size:
+        return series, None
+    out = np.zeros(series.shape, dtype=np.uint32)
+    ids = []
+    for t in range(series.shape[0]):
+        u, inv = np.unique(series[t], return_inverse=True)
+        if u[0] != 0:
+            u, inv = np.concatenate([[0], u]), inv + 1
+        out[t] = inv.reshape(series.shape[1:])
+        ids.append(u)
+    return out, ids
 
 
 def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, source: str | None = None) -> Path:
