@@ -28,11 +28,21 @@ def adherent(
     image_size_px: int = typer.Option(512, help="Field of view edge length in pixels."),
     afm_fraction: float = typer.Option(0.3, help="Fraction of whole cells with a simulated AFM measurement."),
     afm_error_cv: float = typer.Option(0.25, help="AFM measurement error (coefficient of variation)."),
+    conditions: Optional[str] = typer.Option(None, help="Named conditions with replicates instead of --populations: a preset ('passage': P3,P5,P7,P9 rising 300→1100 Pa; 'macrophage': M0,M1,M2 with M1 stiffest) or comma-separated names with --condition-medians-pa."),
+    condition_medians_pa: Optional[str] = typer.Option(None, help="Comma-separated median modulus (Pa) of each condition named in --conditions."),
+    replicates: int = typer.Option(3, help="Biological replicates (wells) per condition, with --conditions."),
+    replicate_sd_ln: float = typer.Option(0.15, help="SD of the log-normal replicate effect on the median modulus (ln scale; 0.15 ≈ 15 %), with --conditions."),
+    images_per_replicate: int = typer.Option(1, help="Fields of view per replicate when --n-images is not given, with --conditions."),
+    functional: bool = typer.Option(False, help="With --conditions: simulate a per-replicate senescence score rising 0.4 per decade of median modulus (functional.parquet)."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file with an AdherentConfig; flags given explicitly override it."),
     seed: int = typer.Option(0, help="Random seed; same seed → identical files."),
     overwrite: bool = typer.Option(False, help="Replace a different simulation already in --out."),
 ) -> None:
-    """Simulate fields of view of adherent cells with known Young's modulus."""
+    """Simulate fields of view of adherent cells with known Young's modulus.
+
+    With --conditions every image is one field of view of one replicate of one condition;
+    the cell table records condition and replicate.
+    """
     from mechanoscope.simulate.adherent import AdherentConfig, simulate_adherent
 
     with user_errors():
@@ -55,6 +65,11 @@ def adherent(
             base["defocus_um"] = defocus_um if defocus_um is not None else (3.0 if base.get("modality", modality) == "brightfield" else 0.0)
         if config is None or flag_given(ctx, "pixel_size_um"):
             base["optics"] = {**dict(base.get("optics") or {}), "pixel_size_um": pixel_size_um}
+        if conditions is not None:
+            design = _conditions_design(conditions, condition_medians_pa, replicates, replicate_sd_ln, functional)
+            base["conditions"] = design
+            if not flag_given(ctx, "n_images"):
+                base["n_images"] = design.n_units * images_per_replicate
         cfg = AdherentConfig.build(**base)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("simulating", total=cfg.n_images)
@@ -63,7 +78,30 @@ def adherent(
 
     cells = pd.read_parquet(out / "cells.parquet")
     counts = cells["label"].value_counts().to_dict() if len(cells) else {}
+    if cfg.conditions is not None:
+        counts = {c: int((cells["condition"] == c).sum()) if len(cells) else 0 for c in cfg.conditions.names}
+        counts = f"{counts} in {cfg.conditions.replicates} replicate(s) per condition"
     console.print(f"wrote {cfg.n_images} images with {len(cells)} cells {counts} to {out}")
+
+
+def _conditions_design(names: str, medians: Optional[str], replicates: int, replicate_sd_ln: float, functional: bool):
+    from mechanoscope.errors import ConfigError
+    from mechanoscope.simulate.conditions import CONDITION_PRESETS, ConditionsDesign, FunctionalReadoutSpec
+
+    extra = {"replicates": replicates, "replicate_sd_ln": replicate_sd_ln}
+    if functional:
+        extra["functional"] = FunctionalReadoutSpec()
+    if names.strip() in CONDITION_PRESETS and medians is None:
+        return ConditionsDesign.build(**CONDITION_PRESETS[names.strip()], **extra)
+    cond = [c.strip() for c in names.split(",") if c.strip()]
+    if medians is None:
+        raise ConfigError(f"--conditions {names!r} is not a preset ({', '.join(sorted(CONDITION_PRESETS))}); "
+                          "give each condition's median with --condition-medians-pa, e.g. 300,600")
+    try:
+        med = [float(m) for m in medians.split(",") if m.strip()]
+    except ValueError:
+        raise ConfigError(f"--condition-medians-pa {medians!r}: expected comma-separated numbers in Pa") from None
+    return ConditionsDesign.build(names=cond, medians_pa=med, **extra)
 
 
 @simulate_app.command("afm")

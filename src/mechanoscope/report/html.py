@@ -294,6 +294,8 @@ Add measured stiffness (column <code>stiffness_pa</code>, in Pa) or true classes
 {% endfor %}
 {% endif %}
 
+{{ comparison_html | safe }}
+
 {% if figures %}
 <h2>Figures</h2>
 <div class="figs">
@@ -345,6 +347,8 @@ def write_report(
     out: str | os.PathLike[str] | None = None,
     *,
     evaluation: Mapping[str, Any] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    superplot_png: bytes | None = None,
 ) -> Path:
     """Write a self-contained HTML report of an evaluated run folder.
 
@@ -362,6 +366,10 @@ def write_report(
     evaluation
         The result of :func:`mechanoscope.pipeline.evaluate_run` on this folder
         (its figures are read from ``RUN/figures``); default: ``RUN/evaluation.json``.
+    comparison, superplot_png
+        A condition comparison (``ConditionComparison.to_dict()``) and its SuperPlot for
+        the comparison section; default: ``RUN/comparison/comparison.json`` and
+        ``superplot.png`` when ``mechanoscope compare RUN`` wrote them.
 
     Returns
     -------
@@ -425,6 +433,11 @@ def write_report(
             "measurement were not scored."
         )
     st = (ev.get("predictions") or {}).get("stiffness_pa") or {}
+    from mechanoscope.report.comparison_section import comparison_section_html, read_comparison
+
+    if comparison is None and (found := read_comparison(run / "comparison")) is not None:
+        comparison, superplot_png = found
+    comparison_html = comparison_section_html(comparison, superplot_png) if comparison else ""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     html = env.from_string(_TEMPLATE).render(
         ev=ev,
@@ -453,6 +466,7 @@ def write_report(
         has_pa=bool(st),
         figures=figures,
         notes=notes,
+        comparison_html=comparison_html,
     )
     with atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")

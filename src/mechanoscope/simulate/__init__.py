@@ -12,6 +12,15 @@ from mechanoscope.simulate.adherent import (
     simulate_adherent,
     simulate_field,
 )
+from mechanoscope.simulate.conditions import (
+    CONDITION_PRESETS,
+    ConditionsDesign,
+    FunctionalReadoutSpec,
+    condition_preset,
+    functional_readout,
+    replicate_medians,
+    simulate_condition_table,
+)
 from mechanoscope.simulate.afm_curves import AFMCurveSimConfig, simulate_afm_curves
 from mechanoscope.simulate.optics import (
     CameraConfig,
@@ -24,6 +33,13 @@ from mechanoscope.simulate.optics import (
 )
 
 __all__ = [
+    "CONDITION_PRESETS",
+    "ConditionsDesign",
+    "FunctionalReadoutSpec",
+    "condition_preset",
+    "functional_readout",
+    "replicate_medians",
+    "simulate_condition_table",
     "AFMCurveSimConfig",
     "DEFAULT_POPULATIONS",
     "AdherentConfig",

@@ -32,6 +32,11 @@ and ``stiff`` populations (ROC AUC ≈ 0.7–0.85, see ``benchmarks/simulate.py`
 while the image as a whole (height through phase, texture, edges combined)
 carries much more information. Every coupling strength is a config parameter;
 set one to 0 to remove that cue.
+
+Conditions and replicates (``AdherentConfig.conditions``, model in
+:mod:`mechanoscope.simulate.conditions`): each image is one field of view of one
+replicate (well) of one condition; the replicate's median modulus carries a
+log-normal replicate effect, its cells scatter log-normally around it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from mechanoscope import __version__
 from mechanoscope.config import StrictConfig
 from mechanoscope.errors import ConfigError, OutputFolderError
 from mechanoscope.io import write_image, write_json, write_label_image, write_table
+from mechanoscope.simulate.conditions import ConditionsDesign, functional_readout, replicate_medians
 from mechanoscope.simulate.optics import (
     CameraConfig,
     OpticsConfig,
@@ -145,6 +151,7 @@ class AdherentConfig(StrictConfig):
     camera: CameraConfig = Field(default_factory=CameraConfig, description="Camera.")
     afm_fraction: float = Field(0.3, ge=0, le=1, description="Fraction of whole (not edge-touching) cells with a simulated AFM measurement.")
     afm_error_cv: float = Field(0.25, ge=0, le=2, description="Coefficient of variation of the log-normal AFM measurement error (0.25 = 25 %).")
+    conditions: ConditionsDesign | None = Field(None, description="Named conditions with replicates (replaces `population_names`): image i shows replicate unit i mod (conditions × replicates), condition-major; see mechanoscope.simulate.conditions.")
 
     @field_validator("image_shape_px")
     @classmethod
@@ -162,6 +169,15 @@ class AdherentConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _names(self) -> "AdherentConfig":
+        if self.conditions is not None:
+            if self.stiffness_mode != "populations":
+                raise ValueError("conditions need stiffness_mode 'populations' (each condition is a population)")
+            if self.n_images < self.conditions.n_units:
+                raise ValueError(
+                    f"n_images ({self.n_images}) is smaller than conditions × replicates ({self.conditions.n_units}); "
+                    "every replicate needs at least one field of view"
+                )
+            return self
         if self.stiffness_mode == "populations":
             if not self.population_names:
                 raise ValueError("population_names must name at least one population")
@@ -199,16 +215,22 @@ class SimulatedField:
     defocus_um: float
 
 
-def sample_stiffness(config: AdherentConfig, n: int, rng: np.random.Generator, population: str | None = None) -> tuple[np.ndarray, list[str]]:
+def sample_stiffness(config: AdherentConfig, n: int, rng: np.random.Generator, population: str | None = None, spec: PopulationSpec | None = None) -> tuple[np.ndarray, list[str]]:
     """Draw ``n`` Young's moduli (Pa) and their population labels.
 
     In ``populations`` mode with ``population`` given, all cells come from it; else
     each cell draws a population uniformly. In ``continuous`` mode E is log-uniform
-    over ``stiffness_range_pa`` and the label is ``"continuous"``.
+    over ``stiffness_range_pa`` and the label is ``"continuous"``. ``spec`` (with
+    ``population`` naming it) draws from that distribution instead of a configured
+    population, e.g. one replicate's median of a condition.
     """
     if config.stiffness_mode == "continuous":
         lo, hi = np.log(config.stiffness_range_pa)
         return np.exp(rng.uniform(lo, hi, size=n)), ["continuous"] * n
+    if spec is not None:
+        if population is None:
+            raise ConfigError("sample_stiffness: a population spec needs its population name")
+        return spec.median_pa * np.exp(spec.sigma_ln * rng.standard_normal(n)), [str(population)] * n
     if population is not None and population not in config.populations:
         raise ConfigError(f"unknown population {population!r}; allowed: {sorted(config.populations)}")
     names = [population] * n if population is not None else list(rng.choice(config.population_names, size=n))
@@ -328,7 +350,7 @@ def _debris(shape: tuple[int, int], n: int, pixel_size_um: float, occupied: np.n
     return height, absorb
 
 
-def simulate_field(config: AdherentConfig, seed: int | np.random.SeedSequence, *, population: str | None = None, image_id: str = "img_0000") -> SimulatedField:
+def simulate_field(config: AdherentConfig, seed: int | np.random.SeedSequence, *, population: str | None = None, image_id: str = "img_0000", population_spec: PopulationSpec | None = None) -> SimulatedField:
     """Simulate one field of view.
 
     Parameters
@@ -341,13 +363,16 @@ def simulate_field(config: AdherentConfig, seed: int | np.random.SeedSequence, *
         Population of every cell in this image; ``None`` draws one per cell.
     image_id
         Identifier written into the truth table.
+    population_spec
+        Draw every cell's E from this distribution, labelled ``population`` (used for
+        one replicate of a condition, whose median carries the replicate effect).
     """
     rng = np.random.default_rng(seed)
     px = config.optics.pixel_size_um
     shape = tuple(config.image_shape_px)
     labels = np.zeros(shape, dtype=np.int32)
     height = np.zeros(shape, dtype=np.float64)
-    E, pops = sample_stiffness(config, config.cells_per_image, rng, population)
+    E, pops = sample_stiffness(config, config.cells_per_image, rng, population, population_spec)
     rows: list[dict] = []
     centers: list[tuple[float, float, float]] = []  # (y, x, radius px) of placed cells
     next_id = 1
@@ -484,6 +509,11 @@ def simulate_adherent(
     measurements) and ``simulation.json`` (every parameter, the seed, the package
     version). Same config + seed → byte-identical files.
 
+    With ``config.conditions`` the cell table also has ``condition``, ``replicate``,
+    ``condition_median_pa`` and ``replicate_median_pa`` (``label`` = condition), and
+    ``replicates.parquet`` holds each replicate's true median (and the functional
+    readout, also written as ``functional.parquet`` keyed by condition and replicate).
+
     Raises
     ------
     OutputFolderError
@@ -510,14 +540,28 @@ def simulate_adherent(
         )
     out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
-    children = root.spawn(config.n_images + 1)
+    children = root.spawn(config.n_images + 2)  # images, AFM, replicate effects
+    design = config.conditions
+    reps = None
+    if design is not None:
+        rep_rng = np.random.default_rng(children[config.n_images + 1])
+        reps = replicate_medians(design, rep_rng)
+        if design.functional is not None:
+            reps[design.functional.name] = functional_readout(reps, design.functional, rep_rng)[design.functional.name].to_numpy()
     tables = []
     for i in range(config.n_images):
         image_id = f"img_{i:04d}"
-        population = None
-        if config.stiffness_mode == "populations" and config.population_per_image:
+        population, spec, unit = None, None, None
+        if reps is not None:
+            unit = reps.iloc[i % len(reps)]
+            population = str(unit["condition"])
+            spec = PopulationSpec(median_pa=float(unit["replicate_median_pa"]), sigma_ln=design.cell_sigma_ln)
+        elif config.stiffness_mode == "populations" and config.population_per_image:
             population = config.population_names[i % len(config.population_names)]
-        fld = simulate_field(config, children[i], population=population, image_id=image_id)
+        fld = simulate_field(config, children[i], population=population, image_id=image_id, population_spec=spec)
+        if unit is not None:
+            for col in ("condition", "replicate", "condition_median_pa", "replicate_median_pa"):
+                fld.cells[col] = unit[col]
         write_image(out / "images" / f"{image_id}.tif", fld.image, pixel_size_um=config.optics.pixel_size_um)
         write_label_image(out / "labels" / f"{image_id}.tif", fld.labels, pixel_size_um=config.optics.pixel_size_um)
         tables.append(fld.cells)
@@ -525,8 +569,12 @@ def simulate_adherent(
             progress(i + 1, config.n_images)
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     write_table(cells, out / "cells.parquet")
-    afm = afm_measurements(cells, config, np.random.default_rng(children[-1]))
+    afm = afm_measurements(cells, config, np.random.default_rng(children[config.n_images]))
     write_table(afm, out / "afm.parquet")
+    if reps is not None:
+        write_table(reps, out / "replicates.parquet")
+        if design.functional is not None:
+            write_table(reps[["condition", "replicate", design.functional.name]], out / "functional.parquet")
     write_json(
         {
             "kind": "mechanoscope.simulate.adherent",
