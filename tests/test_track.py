@@ -359,7 +359,7 @@ def test_cli_simulate_track_and_bad_input(tmp_path):
     tifffile.imwrite(shapes / "frame000.tif", frame)
     tifffile.imwrite(shapes / "frame001.tif", np.zeros((40, 32), np.uint16))
     stack = tmp_path / "stack.tif"  # three frames, no axes in the file: ask for --axes
-    tifffile.imwrite(stack, np.stack([frame] * 3), metadata=None)
+    tifffile.imwrite(stack, np.stack([frame] * 3), photometric="minisblack", metadata=None)
     nopx = tmp_path / "nopx"
     nopx.mkdir()
     tifffile.imwrite(nopx / "frame000.tif", frame)
@@ -416,3 +416,15 @@ def test_usiigaci_masks_tracked_agree_with_the_peer_tracker():
     link = linking_scores(ref_labels, ref_tracks, comp_labels, comp_tracks)
     c = ctc_scores(ref_labels, ref_tracks, comp_labels, comp_tracks, metrics=("Valid", "DET", "TRA"))
     assert c["DET"] > 0.99 and c["TRA"] > 0.97 and link["f1"] > 0.95
+
+
+def test_run_folder_cell_table_is_indexed_by_frame():
+    from mechanoscope.track import cells_of_frames
+
+    cells = pd.DataFrame({"image_id": ["t002", "t000", "t001", "other"], "cell_id": [1, 1, 1, 1], "frame": 0,
+                          "pred_stiffness_pa": [3.0, 1.0, 2.0, 9.0]})
+    out = cells_of_frames(cells, ["run/labels/t000.tif", "run/labels/t001.tif", "run/labels/t002.tif"])
+    assert dict(zip(out["image_id"], out["frame"])) == {"t000": 0, "t001": 1, "t002": 2}
+    assert cells_of_frames(cells, ["s.tif[T=0]", "s.tif[T=1]"]) is cells  # one stack: frames are the table's
+    with pytest.raises(TrackingError, match="name none of the label files"):
+        cells_of_frames(cells, ["a.tif", "b.tif"])

@@ -18,7 +18,7 @@ def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
     from mechanoscope.io.ctc import is_ctc_folder, read_ctc_folder
     from mechanoscope.track.labels import as_series, read_label_series
 
-    cells_path = None
+    cells_path, names = None, []
     if is_ctc_folder(source):
         labels, _tracks = read_ctc_folder(source)  # checks the track file (file and line on errors)
         series, px, what = as_series(labels), None, f"CTC folder {source}"
@@ -26,18 +26,18 @@ def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
         folder = source / "labels" if (source / "labels").is_dir() else source
         if folder != source and (source / "cells.parquet").is_file():
             cells_path = source / "cells.parquet"
-        series, px, _names = read_label_series(folder, axes=axes, pixel_size_um=pixel_size_um)
+        series, px, names = read_label_series(folder, axes=axes, pixel_size_um=pixel_size_um)
         what = str(folder)
     px = pixel_size_um if pixel_size_um is not None else px
     if px is None:
         raise MissingPixelSizeError(f"{source}: the label images carry no pixel size; pass --pixel-size-um")
-    return series, float(px), cells_path, what
+    return series, float(px), cells_path, what, names
 
 
 def track(
     ctx: typer.Context,
     source: Path = typer.Argument(..., help="Label images: a folder of frames (sorted by name), one TYX stack, a folder with labels/ "
-                                  "(e.g. 'simulate timelapse' output; its cells.parquet is carried), or a CTC folder (res_track.txt/man_track.txt + TIFFs)."),
+                                  "(a run folder or 'simulate timelapse' output; its cells.parquet predictions are carried), or a CTC folder (res_track.txt/man_track.txt + TIFFs)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (cells/lineage/trajectories/tracks.parquet, labels/, ctc/, track.json)."),
     pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm [default: from the files' metadata]."),
     expected_speed_um: float = typer.Option(4.0, "--expected-speed-um", help="Typical displacement of a cell between frames (µm); sets every distance left unset."),
@@ -72,12 +72,13 @@ def track(
         }
         base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
         cfg = TrackConfig.build(**base)
-        series, px, cells_path, what = _load_source(source, axes, pixel_size_um)
+        series, px, cells_path, what, names = _load_source(source, axes, pixel_size_um)
         table = None
         if cells is not None or cells_path is not None:
             from mechanoscope.io.tables import read_table
+            from mechanoscope.track import cells_of_frames
 
-            table = read_table(cells if cells is not None else cells_path)
+            table = cells_of_frames(read_table(cells if cells is not None else cells_path), names)
         result = track_label_series(series, px, cfg, cells=table, frame_interval_min=frame_interval_min)
         folder = write_track_outputs(result, out, source=what)
         lin = result.lineage

@@ -9,13 +9,14 @@ relabelled series, the lineage table and the per-track series.
 from mechanoscope.track.config import TrackConfig
 from mechanoscope.track.labels import as_series, check_ids_unique, measure_series, overlap_table, read_label_series, relabel_series
 from mechanoscope.track.link import check_cell_table, lineage_table, link_cells
-from mechanoscope.track.run import TrackResult, track_label_series, write_track_outputs
+from mechanoscope.track.run import TrackResult, cells_of_frames, track_label_series, write_track_outputs
 from mechanoscope.track.series import msd_curve, track_summary, trajectories
 
 __all__ = [
     "TrackConfig",
     "TrackResult",
     "as_series",
+    "cells_of_frames",
     "check_ids_unique",
     "check_cell_table",
     "lineage_table",

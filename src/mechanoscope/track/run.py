@@ -28,7 +28,7 @@ from mechanoscope.track.labels import as_series, check_ids_unique, measure_serie
 from mechanoscope.track.link import lineage_table, link_cells
 from mechanoscope.track.series import track_summary, trajectories
 
-__all__ = ["TrackResult", "track_label_series", "write_track_outputs"]
+__all__ = ["TrackResult", "cells_of_frames", "track_label_series", "write_track_outputs"]
 
 _PREDICTION_COLUMNS = ("pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_label", "stiffness_pa", "condition")
 
@@ -120,6 +120,43 @@ def track_label_series(
     )
 
 
+def cells_of_frames(cells: pd.DataFrame, frame_names: list[str]) -> pd.DataFrame:
+    """A run's cell table re-indexed by frame of a series whose frames are separate images.
+
+    A run folder (``segment``/``extract``/``predict``) holds one label image per input image
+    (``labels/<image_id>.tif``) and a cell table keyed by ``image_id``; when every image is
+    one time point, frame ``t`` of the series is the ``t``-th label file in name order.
+    Returns the rows of those images with ``frame`` set accordingly; a table without
+    ``image_id`` (or a single image) is returned unchanged.
+    """
+    if "image_id" not in cells.columns or len(frame_names) < 2:
+        return cells
+    stems = [_image_id(n) for n in frame_names]
+    if len(set(stems)) != len(stems):  # frames of one stack: the table's own frame column holds
+        return cells
+    index = {s: t for t, s in enumerate(stems)}
+    ids = cells["image_id"].astype(str)
+    if not ids.isin(index).any():
+        raise TrackingError(
+            f"the cell table's image_id values ({', '.join(sorted(ids.unique())[:3])}, …) name none of the label files "
+            f"({', '.join(stems[:3])}, …); pass the matching table with --cells"
+        )
+    if "frame" in cells.columns and (pd.to_numeric(cells["frame"], errors="coerce").fillna(0) != 0).any():
+        raise TrackingError("the cell table has several frames per image and one label file per image; "
+                            "give the label images as one stack per time series")
+    out = cells.loc[ids.isin(index).to_numpy()].copy()
+    out["frame"] = ids[ids.isin(index)].map(index).to_numpy()
+    return out
+
+
+def _image_id(name: str) -> str:
+    n = Path(str(name)).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if n.lower().endswith(suffix):
+            return n[: -len(suffix)]
+    return Path(n).stem
+
+
 def _compact_ids(series: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Ids far above the pixel count (e.g. 3e9) are made consecutive per frame; returns the old ids."""
     if not series.size or int(series.max()) <= 4 * series[0].size:
@@ -143,6 +180,12 @@ def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, sou
     from mechanoscope.io.tables import write_table
 
     folder = make_output_folder(out)
+    n = result.labels.shape[0]
+    for sub, pattern in (("labels", "frame*.tif"), ("ctc", "mask*.tif")):  # a longer earlier series
+        for old in sorted((folder / sub).glob(pattern)) if (folder / sub).is_dir() else []:
+            digits = old.stem.lstrip("framesk")
+            if digits.isdigit() and int(digits) >= n:
+                old.unlink()
     write_table(result.cells, folder / "cells.parquet")
     write_table(result.lineage, folder / "lineage.parquet")
     write_table(result.trajectories, folder / "trajectories.parquet")

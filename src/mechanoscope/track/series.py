@@ -22,7 +22,8 @@ def trajectories(tracked: pd.DataFrame, *, window_frames: int = 5, frame_interva
         Output of :func:`mechanoscope.track.link_cells` (``track_id``, ``frame``,
         centroid in µm; optionally ``pred_stiffness_pa`` and ``pred_lo_pa``/``pred_hi_pa``).
     window_frames
-        Width (frames, centred) of the running smoother of stiffness.
+        Width of the centred running smoother of stiffness, in detections of the track
+        (equal to frames where the track has no closed gap).
     frame_interval_min
         If given, a ``time_min`` column and speed in µm/min are added.
 
@@ -33,7 +34,7 @@ def trajectories(tracked: pd.DataFrame, *, window_frames: int = 5, frame_interva
         ``centroid_y_um``, ``centroid_x_um``, ``step_um`` (displacement from the track's
         previous detection), ``speed_um_per_frame`` (step over frames elapsed), and with
         stiffness: ``stiffness_pa`` (per frame), ``stiffness_smooth_pa`` (geometric running
-        mean over ``window_frames``), ``stiffness_smooth_lo_pa``/``_hi_pa`` (95 % interval
+        mean over ``window_frames`` detections), ``stiffness_smooth_lo_pa``/``_hi_pa`` (95 % interval
         of that mean from the spread of log-stiffness in the window; from the mean of the
         per-cell interval where the window holds a single value).
     """
