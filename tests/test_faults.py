@@ -245,7 +245,7 @@ def test_predict_images_records_bad_images_and_overwrite_reruns(batch, tmp_path)
     with threadpool_limits(1):
         redo = cli_here("predict", batch / "images", "--model", model, "--out", out, "--pixel-size-um", "0.25", "--overwrite")
     assert redo.exit_code == 1 and json.loads((out / "predict.json").read_text())["n_failed"] == len(BAD)
-    assert json.loads((out / "segment.json").read_text())["settings"]["pixel_size_um"] == 0.25
+    assert json.loads((out / "predict.json").read_text())["settings"]["pixel_size_um"] == 0.25
 
 
 # ------------------------------------------------------------------------------ output paths

@@ -1,4 +1,4 @@
-"""End-to-end runs that compose the stages: prediction over many fields, evaluation of a run, the demo."""
+"""End-to-end runs that compose the stages: one field of view, prediction over many fields, evaluation of a run, the demo."""
 
 from mechanoscope.pipeline.demo import (
     attach_simulation_truth,
@@ -6,6 +6,18 @@ from mechanoscope.pipeline.demo import (
     summarise_simulation,
 )
 from mechanoscope.pipeline.evaluation import evaluate_run
+from mechanoscope.pipeline.field import FieldError, FieldResult, process_field
+from mechanoscope.pipeline.field_run import run_fields
 from mechanoscope.pipeline.predict import predict_run
 
-__all__ = ["attach_simulation_truth", "evaluate_run", "predict_run", "run_demo", "summarise_simulation"]
+__all__ = [
+    "FieldError",
+    "FieldResult",
+    "attach_simulation_truth",
+    "evaluate_run",
+    "predict_run",
+    "process_field",
+    "run_demo",
+    "run_fields",
+    "summarise_simulation",
+]

@@ -39,6 +39,37 @@ def _split_column(table: pd.DataFrame, models: list) -> pd.Series | None:
     return best
 
 
+def _predict_images(src: Path, out: Path, loaded: list, *, segmentation: str, pixel_size_um: float | None, extract_config: dict | None,
+                    batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None) -> tuple[pd.DataFrame, list[dict], dict, float]:
+    """Images → run folder, one field at a time (:func:`~mechanoscope.pipeline.field_run.run_fields`).
+
+    Returns the consolidated table, the per-image status, the settings and the
+    seconds spent predicting (summed over the finished images).
+    """
+    from mechanoscope.io.images import image_paths, max_pixels_limit
+    from mechanoscope.pipeline.field import extract_config_for
+    from mechanoscope.pipeline.field_run import run_fields
+    from mechanoscope.segment.batch import build_segmenter
+
+    max_pixels_limit(max_pixels)  # a bad limit fails before any work
+    paths = image_paths(src)
+    segmenter, method_info, seg_cfg = build_segmenter(segmentation)
+    ecfg = extract_config_for(loaded, extract_config, pixel_size_um=pixel_size_um)
+    settings = {
+        "segmentation": method_info,
+        "segmentation_config": seg_cfg.model_dump(mode="json"),
+        "pixel_size_um": pixel_size_um,
+        "extract_config": ecfg.model_dump(mode="json"),
+        "models": [{"model_path": str(Path(m.path).resolve()), "task": m.task, "target": m.config["target"], "model_type": m.config["model_type"]} for m in loaded],
+    }
+    extra = {"mechanoscope_version": __version__, "source": str(src), "models": [m.identity for m in loaded]}
+    res = run_fields(paths, out, segmenter=segmenter, models=loaded, extract_config=ecfg, settings=settings, pixel_size_um=pixel_size_um,
+                     batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels, record_extra=extra,
+                     progress=lambda i, n, name: progress("segment → extract → predict", i, n))
+    pred_seconds = sum(float(e.get("seconds", {}).get("predict", 0.0)) for e in res.status if e["status"] == "done")
+    return res.table, res.status, settings, pred_seconds
+
+
 def predict_run(
     source: str | os.PathLike[str],
     models: list,
@@ -55,28 +86,30 @@ def predict_run(
     """Predict every cell of ``source`` with one or more model folders.
 
     ``source`` is a run folder (``cells.parquet`` + ``crops.zarr``) or images: then
-    they are segmented (``segmentation``: ``"classical"`` or a segmentation model
-    folder) into ``out/labels`` and extracted into ``out`` with the crop geometry the
-    first CNN model expects. Writes ``out/cells.parquet`` with ``pred_*`` columns (and
+    each image is read once and processed as one field of view
+    (:func:`~mechanoscope.pipeline.field.process_field`: segmented with
+    ``segmentation``, ``"classical"`` or a segmentation model folder; extracted with
+    the crop geometry the first CNN model expects; predicted), one image at a time
+    (:func:`~mechanoscope.pipeline.field_run.run_fields`), so memory is bounded by one
+    field. Writes ``out/labels/<image>.tif``, ``out/parts/`` (per-image rows and
+    crops), ``out/crops.zarr`` and ``out/cells.parquet`` with ``pred_*`` columns (and
     a ``split`` column that marks cells a model trained on, so evaluation uses only
-    held-out cells) and ``out/predict.json`` with the models' identity and, for
-    images, a per-image ``status`` (``done``, or ``failed`` with the file, stage and
-    message: an image that fails to segment or extract is skipped, the others go on).
-    ``overwrite`` redoes the segmentation also when ``out`` holds labels made with
-    other settings. If no image at all can be used a
+    held-out cells) and ``out/predict.json`` with the settings, the models' identity
+    and, for images, a per-image ``status`` (``done``, or ``failed`` with the file,
+    stage and message: an image that fails is skipped, the others go on), rewritten
+    after every image: a killed run, run again, skips the finished images and redoes
+    the partial one. ``overwrite`` redoes every image, also when ``out`` holds results
+    made with other settings (refused otherwise). If no image at all can be used a
     :class:`~mechanoscope.errors.BatchFailedError` is raised.
     """
     import shutil
     import warnings
 
     from mechanoscope.errors import MechanoscopeWarning
-    from mechanoscope.io import (
-        check_output_folder_path,
-        make_output_folder,
-        write_table,
-    )
     from mechanoscope.learn.data import load_run
     from mechanoscope.learn.predict import load_stiffness_model, predict_cells
+    from mechanoscope.io import check_output_folder_path, make_output_folder, write_table
+    from mechanoscope.io.crop_store import check_crops_match_table, read_crop_store
 
     t0 = time.perf_counter()
     say = progress or (lambda *a: None)
@@ -87,9 +120,8 @@ def predict_run(
     loaded = [m if hasattr(m, "members") else load_stiffness_model(m) for m in models]
     if not loaded:
         raise MechanoscopeError("no model given; pass at least one --model folder")
-    seg_errors: list = []
-    extract_errors: list = []
     status: list[dict] = []
+    settings: dict | None = None
     if _is_run(src):
         if src.resolve() != out.resolve():
             make_output_folder(out, "run folder (--out)")
@@ -99,40 +131,19 @@ def predict_run(
             shutil.copy2(src / "cells.parquet", out / "cells.parquet")
             if (src / "labels").is_dir() and not (out / "labels").exists():
                 shutil.copytree(src / "labels", out / "labels")
+        table = load_run(out, with_crops=False).table
+        store = read_crop_store(out / "crops.zarr")  # lazy: predict_cells reads batch_size crops at a time
+        check_crops_match_table(table, store)
+        t_pred = time.perf_counter()
+        for m in loaded:
+            pred = predict_cells(m, table, store.crops if len(table) else None, channels=store.channels, attrs=dict(store.attrs), batch_size=batch_size, progress=lambda i, k: say(f"predicting {m.config['target']}", i, k))
+            table = table.drop(columns=[c for c in pred.columns if c in table.columns]).join(pred)
+        pred_seconds = time.perf_counter() - t_pred
     else:
-        from mechanoscope.cells.extract import ExtractConfig, extract_folder
-        from mechanoscope.segment.batch import segment_images
-
-        seg = segment_images(src, out, method=segmentation, pixel_size_um=pixel_size_um, overwrite=overwrite, max_pixels=max_pixels, progress=lambda i, n, name: say("segmenting", i, n))
-        label_paths, seg_errors = seg.labels, seg.errors
-        cnn = next((m for m in loaded if m.config["model_type"] == "cnn"), None)
-        ecfg = dict(extract_config or {})
-        if cnn is not None:
-            crop = dict(ecfg.get("crop", {}))
-            crop.update(crop_size_um=cnn.config["crop_size_um"], crop_pixels=cnn.config["crop_pixels"], mask_channel="mask" in cnn.config["channels"])
-            ecfg["crop"] = crop
-        if pixel_size_um is not None:
-            ecfg["pixel_size_um"] = pixel_size_um
-        if not label_paths:
-            shown = "; ".join(e["error"] for e in seg_errors[:3]) + (" …" if len(seg_errors) > 3 else "")
-            raise BatchFailedError(f"{src}: no image could be segmented ({len(seg_errors)} failed; details in {seg.record_path}): {shown}", seg_errors)
-        try:
-            ext = extract_folder(seg.images, label_paths, out, ExtractConfig.build(**ecfg), progress=lambda i, n: say("extracting", i, n), max_pixels=max_pixels)
-        except BatchFailedError as exc:
-            raise BatchFailedError(str(exc), seg_errors + exc.errors) from None
-        extract_errors = ext.errors
-        failed = {e.get("image") or e["file"] for e in seg_errors + extract_errors}
-        status = [{"image": str(p), "status": "done"} for p in seg.images if str(p) not in failed]
-        status += [{"image": e["file"], "status": "failed", "stage": "segment: " + e["stage"], "error": e["error"]} for e in seg_errors]
-        status += [{"image": e["image"] or e["file"], "status": "failed", "stage": "extract: " + e["stage"], "error": e["error"]} for e in extract_errors]
-    data = load_run(out)
-    table = data.table
+        table, status, settings, pred_seconds = _predict_images(
+            src, out, loaded, segmentation=segmentation, pixel_size_um=pixel_size_um, extract_config=extract_config, batch_size=batch_size,
+            progress=say, overwrite=overwrite, max_pixels=max_pixels)
     n = len(table)
-    t_pred = time.perf_counter()
-    for m in loaded:
-        pred = predict_cells(m, table, data.crops if n else None, channels=data.channels, attrs=data.attrs, batch_size=batch_size, progress=lambda i, k: say(f"predicting {m.config['target']}", i, k))
-        table = table.drop(columns=[c for c in pred.columns if c in table.columns]).join(pred)
-    pred_seconds = time.perf_counter() - t_pred
     split = _split_column(table, loaded)
     if split is not None:
         table["split"] = split.to_numpy()
@@ -154,8 +165,8 @@ def predict_run(
         "n_cells": int(n),
         "n_images": int(table["image_id"].nunique()) if n else 0,
         "segmentation": None if _is_run(src) else segmentation,
-        "segmentation_errors": seg_errors,
-        "extract_errors": extract_errors,
+        "settings": settings,
+        "complete": True,
         "status": status,
         "n_failed": sum(1 for e in status if e["status"] == "failed"),
         "prediction_seconds": round(pred_seconds, 3),

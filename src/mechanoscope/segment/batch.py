@@ -27,7 +27,7 @@ import numpy as np
 from mechanoscope.config import validate_mapping
 from mechanoscope.errors import ImageReadError, MechanoscopeError, OutputFolderError, SkippedInputWarning, failure_message
 
-__all__ = ["segment_images", "SegmentRunResult", "read_plane", "MIN_IMAGE_SIZE_PX"]
+__all__ = ["segment_images", "SegmentRunResult", "read_plane", "segmentation_plane", "build_segmenter", "MIN_IMAGE_SIZE_PX"]
 
 MIN_IMAGE_SIZE_PX = 8
 """Smallest edge length (pixels) of an image that is segmented; smaller ones are an error."""
@@ -69,9 +69,23 @@ def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = No
     NaN/constant values, or whose header claims more than ``max_pixels`` values is a
     clear error naming the file.
     """
-    from mechanoscope.io.images import check_image_values, read_image
+    from mechanoscope.io.images import read_image
 
     img = read_image(path, pixel_size_um=pixel_size_um, axes=axes, max_pixels=max_pixels)
+    return segmentation_plane(img, channel=channel, frame=frame), float(img.pixel_size_um)  # type: ignore[arg-type]
+
+
+def segmentation_plane(img: Any, *, channel: int | None = None, frame: int | None = None) -> np.ndarray:
+    """The 2-D plane ``(Y, X)`` of an already read :class:`~mechanoscope.io.Image` to segment.
+
+    The checks of :func:`read_plane` without reading: ``channel`` / ``frame`` select a
+    plane (out of range: :class:`~mechanoscope.errors.AxesError`); a plane smaller than
+    :data:`MIN_IMAGE_SIZE_PX` on a side or with NaN/constant values is an error naming
+    the file.
+    """
+    from mechanoscope.io.images import check_image_values
+
+    where = str(img.path) if img.path is not None else "image"
     index = {}
     if channel is not None and "C" in img.axes:
         index["C"] = channel
@@ -82,15 +96,21 @@ def read_plane(path: str | os.PathLike[str], *, pixel_size_um: float | None = No
     arr = img.as_2d()
     if min(arr.shape) < MIN_IMAGE_SIZE_PX:
         raise ImageReadError(
-            f"{path}: image is only {arr.shape[0]} × {arr.shape[1]} pixels; segmentation needs at "
+            f"{where}: image is only {arr.shape[0]} × {arr.shape[1]} pixels; segmentation needs at "
             f"least {MIN_IMAGE_SIZE_PX} × {MIN_IMAGE_SIZE_PX} (is this the right file?)"
         )
-    check_image_values(arr, str(path))
-    return arr, float(img.pixel_size_um)  # type: ignore[arg-type]
+    check_image_values(arr, where)
+    return arr
 
 
-def _segmenter(method: str, settings: Mapping[str, Any], device: str | None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
-    """(segment(array, pixel_size_um) → labels, method description, validated config)."""
+def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, device: str | None = None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
+    """A segmenter for ``method`` (``"classical"`` or a segmentation model folder).
+
+    Returns ``(segment, description, config)``: ``segment(array, pixel_size_um)`` turns a
+    ``(H, W)`` plane into a label image; ``description`` says which method/model it is
+    (written into run records); ``config`` is the validated settings object.
+    """
+    settings = dict(settings or {})
     if str(method).lower() == "classical":
         from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
 
@@ -171,7 +191,7 @@ def segment_images(
     out = check_output_folder_path(out, "run folder (--out)")
     max_pixels_limit(max_pixels)  # a bad limit fails before any work
     paths = image_paths(images) if not isinstance(images, list) else [Path(p) for p in images]
-    segment_one, method_info, cfg = _segmenter(method, dict(settings or {}), device)
+    segment_one, method_info, cfg = build_segmenter(method, dict(settings or {}), device)
     record_settings = {**method_info, "config": cfg.model_dump(mode="json"), "pixel_size_um": pixel_size_um, "axes": axes, "channel": channel, "frame": frame}
     record_path = out / "segment.json"
     previous: dict[str, Any] = {}
