@@ -428,3 +428,21 @@ def test_run_folder_cell_table_is_indexed_by_frame():
     assert cells_of_frames(cells, ["s.tif[T=0]", "s.tif[T=1]"]) is cells  # one stack: frames are the table's
     with pytest.raises(TrackingError, match="name none of the label files"):
         cells_of_frames(cells, ["a.tif", "b.tif"])
+
+
+def test_intensity_cost_prefers_the_cell_of_the_same_brightness(tmp_path):
+    # two candidates at equal distance; only their brightness tells them apart
+    table = pd.DataFrame({"frame": [0, 1, 1], "cell_id": [1, 1, 2], "centroid_y_um": [10.0, 10.0, 10.0],
+                          "centroid_x_um": [10.0, 7.0, 13.0], "mean_intensity": [100.0, 300.0, 300.0]})
+    for winner in (1, 2):
+        t = table.copy()
+        t.loc[t["cell_id"] == winner, "mean_intensity"] = 105.0
+        t.loc[0, "mean_intensity"] = 100.0
+        out = link_cells(t, TrackConfig(intensity_weight=3.0, divisions=False))
+        assert out.loc[(out["frame"] == 1) & (out["cell_id"] == winner), "track_id"].item() == out.loc[0, "track_id"]
+    with pytest.raises(TrackingError, match="mean_intensity"):
+        link_cells(table.drop(columns="mean_intensity"), TrackConfig(intensity_weight=1.0))
+    series = _series({1: {0: (8, 8), 1: (8, 10)}, 2: {0: (30, 30), 1: (30, 31)}}, 2)
+    res = track_label_series(series, 1.0, TrackConfig(intensity_weight=1.0), intensity=series.astype(float) * 10 + 1)
+    assert res.cells["mean_intensity"].tolist() == pytest.approx([11.0, 21.0, 11.0, 21.0])
+    assert res.cells["track_id"].nunique() == 2

@@ -34,6 +34,24 @@ def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
     return series, float(px), cells_path, what, names
 
 
+def _read_intensity(source: Path, axes: str | None, shape: tuple[int, ...]):
+    import numpy as np
+
+    from mechanoscope.errors import TrackingError
+    from mechanoscope.io.images import image_paths, read_image
+
+    paths = image_paths(source)
+    if len(paths) == 1:
+        img = read_image(paths[0], axes=axes, require_pixel_size=False)
+        data = np.moveaxis(img.data, img.axes.index("T"), 0) if "T" in img.axes else img.data[None]
+    else:
+        frames = [read_image(p, require_pixel_size=False).data for p in paths]
+        data = np.stack(frames) if all(f.shape == tuple(shape[1:]) for f in frames) else None
+    if data is None or data.shape != tuple(shape):
+        raise TrackingError(f"{source}: intensity images do not match the label series of shape {tuple(shape)} (frames, rows, columns)")
+    return data
+
+
 def track(
     ctx: typer.Context,
     source: Path = typer.Argument(..., help="Label images: a folder of frames (sorted by name), one TYX stack, a folder with labels/ "
@@ -47,6 +65,8 @@ def track(
     divisions: bool = typer.Option(True, "--divisions/--no-divisions", help="Detect divisions."),
     area_weight: float = typer.Option(0.0, help="Weight of area change in the linking cost (0: position only)."),
     overlap_weight: float = typer.Option(0.0, help="Weight of mask overlap (1 - IoU) in the linking cost (0: off)."),
+    intensity_weight: float = typer.Option(0.0, help="Weight of mean-intensity change in the linking cost (needs --images; 0: off)."),
+    images: Optional[Path] = typer.Option(None, help="Intensity images of the series (a folder of frames or one stack, as the labels) for mean_intensity."),
     cells: Optional[Path] = typer.Option(None, help="Cell table (frame, cell_id = label in that frame) whose predictions (pred_stiffness_pa, …) go onto the tracks."),
     axes: Optional[str] = typer.Option(None, help="Axes of a single stack file, e.g. TYX."),
     frame_interval_min: Optional[float] = typer.Option(None, help="Minutes between frames (adds time_min and µm/min speeds)."),
@@ -69,6 +89,7 @@ def track(
             "divisions": ("divisions", divisions),
             "area_weight": ("area_weight", area_weight),
             "overlap_weight": ("overlap_weight", overlap_weight),
+            "intensity_weight": ("intensity_weight", intensity_weight),
         }
         base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
         cfg = TrackConfig.build(**base)
@@ -79,7 +100,8 @@ def track(
             from mechanoscope.track import cells_of_frames
 
             table = cells_of_frames(read_table(cells if cells is not None else cells_path), names)
-        result = track_label_series(series, px, cfg, cells=table, frame_interval_min=frame_interval_min)
+        intensity = _read_intensity(images, axes, series.shape) if images is not None else None
+        result = track_label_series(series, px, cfg, cells=table, intensity=intensity, frame_interval_min=frame_interval_min)
         folder = write_track_outputs(result, out, source=what)
         lin = result.lineage
         console.print(

@@ -50,6 +50,11 @@ class TrackConfig(StrictConfig):
         description="Weight of area change in the linking cost: the squared distance is multiplied by "
         "1 + area_weight * |ln(area ratio)| (needs area_um2). 0 = position only.",
     )
+    intensity_weight: float = Field(
+        0.0, ge=0,
+        description="Weight of mean-intensity change in the linking cost: the squared distance is multiplied by "
+        "1 + intensity_weight * |ln(intensity ratio)| (needs mean_intensity > 0, e.g. from intensity images). 0 = off.",
+    )
     overlap_weight: float = Field(
         0.0, ge=0,
         description="Weight of mask overlap in the linking cost: the squared distance is multiplied by "

@@ -85,12 +85,17 @@ def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequ
             )
 
 
-def measure_series(series: np.ndarray, pixel_size_um: float) -> pd.DataFrame:
+def measure_series(series: np.ndarray, pixel_size_um: float, intensity: np.ndarray | None = None) -> pd.DataFrame:
     """One row per cell and frame: ``frame``, ``cell_id``, centroid in px and µm, ``area_um2``.
 
     ``centroid_y_px`` / ``centroid_x_px`` are pixel indices (row, column); µm values are
-    those times ``pixel_size_um``.
+    those times ``pixel_size_um``. With ``intensity`` (a ``(T, Y, X)`` image series of the
+    same shape) ``mean_intensity`` is added.
     """
+    if intensity is not None:
+        intensity = np.asarray(intensity)
+        if intensity.shape != series.shape:
+            raise TrackingError(f"intensity images {intensity.shape} and label images {series.shape} differ in shape")
     if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise TrackingError(f"pixel_size_um must be > 0, got {pixel_size_um}")
     parts = []
@@ -108,12 +113,15 @@ def measure_series(series: np.ndarray, pixel_size_um: float) -> pd.DataFrame:
             continue
         cy = np.bincount(lab, weights=yy)[idx] / area[idx]
         cx = np.bincount(lab, weights=xx)[idx] / area[idx]
+        extra = {}
+        if intensity is not None:
+            extra["mean_intensity"] = np.bincount(lab, weights=intensity[t].ravel().astype(np.float64))[idx] / area[idx]
         area = area[idx]
         ids = values[idx] if values is not None else idx
         parts.append(pd.DataFrame({
             "frame": t, "cell_id": ids.astype(np.int64), "centroid_y_px": cy, "centroid_x_px": cx,
             "centroid_y_um": cy * pixel_size_um, "centroid_x_um": cx * pixel_size_um,
-            "area_um2": area * pixel_size_um**2,
+            "area_um2": area * pixel_size_um**2, **extra,
         }))
     if not parts:
         raise TrackingError("the label series holds no cells (every frame is background)")

@@ -59,6 +59,11 @@ def check_cell_table(table: pd.DataFrame, config: TrackConfig, n_frames: int | N
             )
     if "area_um2" not in table.columns and config.area_weight > 0:
         raise TrackingError("area_weight > 0 needs an 'area_um2' column in the cell table")
+    if config.intensity_weight > 0:
+        if "mean_intensity" not in table.columns:
+            raise TrackingError("intensity_weight > 0 needs a 'mean_intensity' column (give intensity images: --images)")
+        if not (pd.to_numeric(table["mean_intensity"], errors="coerce") > 0).all():
+            raise TrackingError("intensity_weight > 0 needs mean_intensity > 0 for every cell")
     # longest run of frames without any cell (inside the series, and at its ends)
     edges = np.concatenate([[-1], present, [total]])
     empty_runs = np.diff(edges) - 1
@@ -72,17 +77,23 @@ def check_cell_table(table: pd.DataFrame, config: TrackConfig, n_frames: int | N
         )
 
 
-def _metric(area_weight: float, overlap: dict | None, overlap_weight: float) -> Callable | str:
-    """Cost of linking two cells: squared distance (µm²) times the feature factors."""
-    if area_weight == 0 and (overlap is None or overlap_weight == 0):
+def _metric(area_weight: float, intensity_weight: float, overlap: dict | None, overlap_weight: float) -> Callable | str:
+    """Cost of linking two cells: squared distance (µm²) times the feature factors.
+
+    Feature vectors are ``[y_um, x_um, ln area, ln intensity, frame, cell_id]``.
+    """
+    use_overlap = overlap is not None and overlap_weight > 0
+    if area_weight == 0 and intensity_weight == 0 and not use_overlap:
         return "sqeuclidean"
 
     def cost(a: np.ndarray, b: np.ndarray) -> float:
         d2 = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
         if area_weight:
             d2 *= 1.0 + area_weight * abs(a[2] - b[2])
-        if overlap is not None and overlap_weight:
-            iou = overlap.get((int(a[3]), int(a[4]), int(b[3]), int(b[4])), 0.0)
+        if intensity_weight:
+            d2 *= 1.0 + intensity_weight * abs(a[3] - b[3])
+        if use_overlap:
+            iou = overlap.get((int(a[4]), int(a[5]), int(b[4]), int(b[5])), 0.0)
             d2 *= 1.0 + overlap_weight * (1.0 - iou)
         return d2
 
@@ -92,8 +103,8 @@ def _metric(area_weight: float, overlap: dict | None, overlap_weight: float) -> 
 def _laptrack(config: TrackConfig, overlap: dict | None):
     from laptrack import LapTrack
 
-    link_metric = _metric(config.area_weight, overlap, config.overlap_weight)
-    plain = _metric(config.area_weight, None, 0.0)
+    link_metric = _metric(config.area_weight, config.intensity_weight, overlap, config.overlap_weight)
+    plain = _metric(config.area_weight, config.intensity_weight, None, 0.0)  # no overlap across a gap
     return LapTrack(
         metric=link_metric,
         cutoff=config.max_distance_um_used() ** 2,
@@ -128,7 +139,8 @@ def link_cells(
     ----------
     table
         Cell table, one row per cell and frame: ``frame`` (int, 0-based), ``centroid_y_um``,
-        ``centroid_x_um``; optionally ``cell_id`` (label in its frame) and ``area_um2``.
+        ``centroid_x_um``; optionally ``cell_id`` (label in its frame), ``area_um2`` and
+        ``mean_intensity`` (for the feature costs).
     config
         Tracking parameters (defaults: :class:`TrackConfig`).
     overlap
@@ -157,11 +169,14 @@ def link_cells(
         raise TrackingError("overlap costs need a 'cell_id' column (the label of each cell in its frame)")
     frames = table["frame"].to_numpy().astype(np.int64)
     cols = [table[c].to_numpy(dtype=float) for c in COORDINATE_COLUMNS]
-    if config.area_weight or (overlap is not None and config.overlap_weight):
-        area = table["area_um2"].to_numpy(dtype=float) if "area_um2" in table.columns else np.ones(len(table))
-        cols.append(np.log(np.clip(area, 1e-6, None)))
-        if overlap is not None and config.overlap_weight:
-            cols.extend([frames.astype(float), table["cell_id"].to_numpy(dtype=float)])
+    if config.area_weight or config.intensity_weight or (overlap is not None and config.overlap_weight):
+        def log_of(col: str) -> np.ndarray:
+            if col not in table.columns:
+                return np.zeros(len(table))
+            return np.log(np.clip(table[col].to_numpy(dtype=float), 1e-12, None))
+
+        cols += [log_of("area_um2"), log_of("mean_intensity"), frames.astype(float),
+                 table["cell_id"].to_numpy(dtype=float) if "cell_id" in table.columns else np.zeros(len(table))]
     features = np.column_stack(cols)
     last = int(frames.max()) + 1
     rows_of = [np.flatnonzero(frames == t) for t in range(last)]

@@ -60,6 +60,7 @@ def track_label_series(
     config: TrackConfig | None = None,
     *,
     cells: pd.DataFrame | None = None,
+    intensity: np.ndarray | None = None,
     frame_interval_min: float | None = None,
     window_frames: int = 5,
 ) -> TrackResult:
@@ -77,6 +78,9 @@ def track_label_series(
         Optional cell table of the same series (``frame``, ``cell_id`` = label in that
         frame) whose prediction columns (``pred_stiffness_pa``, ``pred_lo_pa``, …,
         ``condition``) are carried onto the tracked cells.
+    intensity
+        Optional ``(T, Y, X)`` intensity images of the series: ``mean_intensity`` per cell,
+        used by ``config.intensity_weight``.
     frame_interval_min, window_frames
         See :func:`mechanoscope.track.series.trajectories`.
     """
@@ -85,7 +89,7 @@ def track_label_series(
     t0 = time.perf_counter()
     series, original_ids = _compact_ids(series)
     check_ids_unique(series)
-    table = measure_series(series, pixel_size_um)
+    table = measure_series(series, pixel_size_um, intensity)
     if original_ids is not None:  # back to the ids of the files for joins and outputs
         table["cell_id"] = [int(original_ids[f][i]) for f, i in zip(table["frame"], table["cell_id"])]
     if cells is not None:
