@@ -100,7 +100,8 @@ class ConditionComparison:
         One row per condition: ``n_cells``, ``n_replicates``, ``median``, ``ci_low``,
         ``ci_high`` (value units), ``ci_method``, ``mean_of_replicate_medians``
         (geometric mean on the log scale), ``replicate_median_spread`` (SD of the
-        replicate medians on the analysis scale).
+        replicate medians on the analysis scale), ``value_column`` (whose unit the
+        values carry: Pa for ``*_pa``).
     replicates
         One row per replicate: ``condition``, ``replicate``, ``n_cells``, ``median``.
     pairwise
@@ -494,6 +495,7 @@ def compare_replicated_conditions(table: pd.DataFrame, config: ComparisonConfig 
                      "mean_of_replicate_medians": float(np.exp(np.mean(rep_vals[c]))) if cfg.log_scale else float(np.mean(rep_vals[c])),
                      "replicate_median_spread": float(np.std(rep_vals[c], ddof=1)) if n_rep[c] >= 2 and has_rep else float("nan")})
     summary = pd.DataFrame(rows)
+    summary["value_column"] = cfg.value  # median, ci_* and replicate medians are in this column's unit (Pa for *_pa)
     cell_groups = [cells.loc[cells["condition"] == c, "value"].to_numpy() for c in order]
     if len(order) == 2:
         mw = stats.mannwhitneyu(cell_groups[1], cell_groups[0], alternative="two-sided")

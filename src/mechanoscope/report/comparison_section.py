@@ -52,7 +52,7 @@ def comparison_sentences(comp: Mapping[str, Any]) -> list[str]:
         out.append(f"Mixed-effects model on every cell's {scale}{cfg['value']} with a random intercept per replicate "
                    f"({mm['n_groups']} replicates): conditions differ with p {_p(om['p_value'])} (F test with "
                    f"{om['df'][0]} and {om['df'][1]} degrees of freedom, the latter counting replicates, not cells); "
-                   f"share of the cell-to-cell variance that lies between replicates (ICC) = {mm['icc']:.2f}.")
+                   f"share of the variance of single cells that lies between replicates (ICC) = {mm['icc']:.2f}.")
     tr = t.get("trend") or {}
     if tr.get("mixed_model"):
         m = tr["mixed_model"]

@@ -490,7 +490,10 @@ def afm_measurements(cells: pd.DataFrame, config: AdherentConfig, rng: np.random
 
 
 def _config_digest(config: AdherentConfig, seed: int) -> str:
-    payload = json.dumps({"config": config.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+    dumped = config.model_dump(mode="json")
+    if dumped.get("conditions") is None:  # folders simulated before conditions existed keep their digest
+        dumped.pop("conditions", None)
+    payload = json.dumps({"config": dumped, "seed": seed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
