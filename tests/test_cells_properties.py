@@ -539,3 +539,22 @@ def test_pad_value_precedence_and_errors():
     default = crop_cells(img, lab, t, pixel_size_um=1)
     assert default.shape == (1, 2, 64, 64)
     assert crop_cells(img, lab, t.iloc[:0], pixel_size_um=1, config=cfg).shape == (0, 2, 4, 4)
+
+
+def test_texture_of_a_flat_cell_is_nan_without_a_runtime_warning():
+    import warnings
+
+    from mechanoscope.cells.morphology import measure_cells
+
+    lab = np.zeros((12, 14), np.int32)
+    lab[2:6, 3:8] = 5  # uniform intensity: variance 0, neighbour contrast 0 -> Geary's ratio 0/0
+    lab[7:11, 6:12] = 9
+    img = np.where(lab == 5, 40.0, 0.0) + np.where(lab == 9, np.arange(14)[None, :] * 2.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = measure_cells(lab, img, pixel_size_um=0.5, image_id="flat")
+    flat, ramp = t.set_index("cell_id").loc[5], t.set_index("cell_id").loc[9]
+    assert flat["intensity_std"] == 0.0 and flat["texture_neighbour_contrast"] == 0.0
+    assert np.isnan(flat["texture_smoothness_geary"])
+    # the ramp: neighbour differences 2 along x (5 pairs per row of 6), 0 along y -> contrast 4·20/38
+    assert ramp["texture_neighbour_contrast"] == pytest.approx(4.0 * 20 / 38)
