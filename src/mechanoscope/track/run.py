@@ -30,7 +30,7 @@ from mechanoscope.track.series import track_summary, trajectories
 
 __all__ = ["TrackResult", "cells_of_frames", "track_label_series", "write_track_outputs"]
 
-_PREDICTION_COLUMNS = ("pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_label", "stiffness_pa", "condition")
+_OWN_COLUMNS = ("track_id", "parent_track_id", "lineage_id")  # a table's old tracks are replaced
 
 
 @dataclass
@@ -76,8 +76,9 @@ def track_label_series(
         Tracking parameters.
     cells
         Optional cell table of the same series (``frame``, ``cell_id`` = label in that
-        frame) whose prediction columns (``pred_stiffness_pa``, ``pred_lo_pa``, …,
-        ``condition``) are carried onto the tracked cells.
+        frame, e.g. a run's ``cells.parquet``): its columns (morphology, ``pred_stiffness_pa``,
+        ``pred_lo_pa``, ``condition``, …) are carried onto the tracked cells; centroid and
+        area are measured from the labels.
     intensity
         Optional ``(T, Y, X)`` intensity images of the series: ``mean_intensity`` per cell,
         used by ``config.intensity_weight``.
@@ -96,7 +97,8 @@ def track_label_series(
         missing = [c for c in ("frame", "cell_id") if c not in cells.columns]
         if missing:
             raise TrackingError(f"the cell table lacks column(s) {missing} needed to join it to the label series")
-        extra = [c for c in _PREDICTION_COLUMNS if c in cells.columns]
+        # every column of the table the measurement does not make (morphology, predictions, truth…)
+        extra = [c for c in cells.columns if c not in table.columns and c not in _OWN_COLUMNS]
         if cells.duplicated(subset=["frame", "cell_id"]).any():
             first = cells.loc[cells.duplicated(subset=["frame", "cell_id"])]
             raise TrackingError(
