@@ -364,3 +364,19 @@ def test_report_shows_the_comparison_section_written_by_compare(tmp_path):
     p = comp["pairwise"][0]["p_replicates_holm"]
     assert f'<td class="num">{p:.3g}</td>' in html
     assert "<b>M1</b>" not in html and "&lt;b&gt;M1&lt;/b&gt;" in html  # condition names escaped
+
+
+def test_simulated_truth_attached_to_a_run_carries_the_replicate(tmp_path):
+    import shutil
+
+    from mechanoscope.pipeline import attach_simulation_truth
+    from mechanoscope.simulate import AdherentConfig, simulate_adherent
+
+    design = ConditionsDesign(names=["a", "b"], medians_pa=[300.0, 900.0], replicates=2)
+    sim = simulate_adherent(AdherentConfig(n_images=4, image_shape_px=(96, 96), cells_per_image=2, conditions=design), tmp_path / "sim", seed=1)
+    truth = pd.read_parquet(sim / "cells.parquet")
+    run = tmp_path / "run"
+    shutil.copytree(sim / "labels", run / "labels")  # a perfect segmentation
+    truth[["image_id", "cell_id"]].to_parquet(run / "cells.parquet")
+    cells = attach_simulation_truth(run, sim)
+    assert cells.replicate.tolist() == truth.replicate.tolist() and cells.condition.tolist() == truth.condition.tolist()

@@ -43,9 +43,9 @@ def attach_simulation_truth(run_dir: str | os.PathLike[str], sim_dir: str | os.P
     """Give segmented cells of a simulated data set their truth, as a lab would have it.
 
     Adds ``condition`` (the population of the image, i.e. what the experimenter
-    knows), ``label`` (= condition, the class target), ``stiffness_pa`` and
-    ``truth_cell_id`` of the true cell the segmented one overlaps best (IoU ≥
-    ``min_iou``; NaN otherwise) and ``afm_stiffness_pa`` from the simulated AFM table
+    knows; with simulated conditions also its ``replicate``), ``label`` (=
+    condition, the class target), ``stiffness_pa`` and ``truth_cell_id`` of the
+    true cell the segmented one overlaps best (IoU ≥ ``min_iou``; NaN otherwise) and ``afm_stiffness_pa`` from the simulated AFM table
     matched by position (:func:`mechanoscope.mechanics.match_afm_to_cells`). Rewrites
     ``RUN/cells.parquet`` and returns the table.
     """
@@ -58,6 +58,8 @@ def attach_simulation_truth(run_dir: str | os.PathLike[str], sim_dir: str | os.P
     afm = read_table(sim / "afm.parquet")
     cond = truth.groupby("image_id")["label"].agg(lambda s: s.value_counts().index[0])
     cells["condition"] = cells["image_id"].map(cond).astype(object)
+    if "replicate" in truth.columns:  # a simulation with conditions: the replicate (well) each image shows
+        cells["replicate"] = cells["image_id"].map(truth.groupby("image_id")["replicate"].first())
     cells["label"] = cells["condition"]
     cells["stiffness_pa"] = np.nan
     cells["truth_cell_id"] = -1
