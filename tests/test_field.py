@@ -227,3 +227,15 @@ def test_a_rerun_with_other_models_is_refused_unless_overwrite(sim, models, refe
     table = pd.read_parquet(out / "cells.parquet")
     assert "pred_label" in table.columns and "pred_stiffness_pa" not in table.columns  # no stale predictions
     assert info["n_cells"] == len(table)
+
+
+def test_predict_run_drops_the_predictions_of_models_not_in_this_run(sim, models, tmp_path):
+    from mechanoscope.errors import MechanoscopeWarning
+    from mechanoscope.pipeline import predict_run
+
+    run = tmp_path / "run"
+    predict_run(sim / "images", list(models), run)  # pred_* of the classifier and the regressor
+    with pytest.warns(MechanoscopeWarning, match="pred_stiffness_pa"):
+        predict_run(run, [models[0]], tmp_path / "cls")
+    table = pd.read_parquet(tmp_path / "cls" / "cells.parquet")
+    assert "pred_label" in table.columns and not any(c.startswith("pred_stiffness") or c.startswith("pred_lo") for c in table.columns)

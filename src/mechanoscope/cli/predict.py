@@ -20,15 +20,17 @@ def predict(
     segmentation: str = typer.Option("classical", help="For images: classical, or a segmentation model folder."),
     pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm when the images' metadata lacks it."),
     batch_size: int = typer.Option(256, min=1, help="Crops per batch."),
-    overwrite: bool = typer.Option(False, help="For images: redo the segmentation, also when --out holds labels made with other settings."),
+    overwrite: bool = typer.Option(False, help="For images: redo every image, also when --out holds results made with other segmentation, extraction or model settings."),
     max_pixels: Optional[int] = typer.Option(
         None, min=1, help="Refuse images with more pixels than this, checked before reading (default 200000000 or $MECHANOSCOPE_MAX_PIXELS)."
     ),
 ) -> None:
     """Predict every cell and write the cell table with pred_* columns and predict.json.
 
-    From images, a bad image is reported, recorded in predict.json (file, stage,
-    message) and skipped, and the command then exits with status 1.
+    From images, each image is read once and processed on its own (segment,
+    extract, predict); a bad image is reported, recorded in predict.json (file,
+    stage, message) and skipped, and the command then exits with status 1. A killed
+    run, started again, skips the images it finished and redoes the others.
     """
     from mechanoscope.pipeline import predict_run
 

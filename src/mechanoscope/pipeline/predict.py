@@ -132,6 +132,10 @@ def predict_run(
             if (src / "labels").is_dir() and not (out / "labels").exists():
                 shutil.copytree(src / "labels", out / "labels")
         table = load_run(out, with_crops=False).table
+        stale = [c for c in table.columns if str(c).startswith("pred_") or c == "split"]
+        if stale:  # predictions always come from the models of this run, never from an earlier one
+            warnings.warn(f"{out / 'cells.parquet'}: removed the columns {', '.join(map(str, stale))} of an earlier prediction", MechanoscopeWarning, stacklevel=2)
+            table = table.drop(columns=stale)
         store = read_crop_store(out / "crops.zarr")  # lazy: predict_cells reads batch_size crops at a time
         check_crops_match_table(table, store)
         t_pred = time.perf_counter()
