@@ -558,3 +558,8 @@ def test_texture_of_a_flat_cell_is_nan_without_a_runtime_warning():
     assert np.isnan(flat["texture_smoothness_geary"])
     # the ramp: neighbour differences 2 along x (5 pairs per row of 6), 0 along y -> contrast 4·20/38
     assert ramp["texture_neighbour_contrast"] == pytest.approx(4.0 * 20 / 38)
+    # a faint cell (variance well below 1) still has a Geary ratio: scaling the image scales
+    # contrast and variance alike
+    t_faint = measure_cells(lab, img / 100.0, pixel_size_um=0.5, image_id="faint").set_index("cell_id").loc[9]
+    assert t_faint["intensity_std"] ** 2 < 0.01
+    assert t_faint["texture_smoothness_geary"] == pytest.approx(ramp["texture_smoothness_geary"], rel=1e-9)
