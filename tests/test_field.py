@@ -148,6 +148,7 @@ def test_an_interrupted_predict_resumes_to_the_same_run(sim, models, reference, 
     done = []
     info = predict_run(sim / "images", [models[1]], out, progress=lambda stage, i, n: done.append(i))
     assert info["complete"] and info["n_failed"] == 0 and len(info["status"]) == N_IMAGES
+    assert info["n_resumed"] == 2  # the two finished images were not redone
     _same_run(reference, out)
 
 

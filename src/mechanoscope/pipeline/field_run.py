@@ -196,7 +196,7 @@ def run_fields(
             msg = f"{path}: another image has the same name {image_id!r} ({seen[image_id]}); skipped"
             key = f"{image_id}#{k}"
             order.append(key)
-            entries[key] = {"image_id": image_id, "image": str(path), "status": "failed", "stage": "input", "error": msg}
+            entries[key] = {"image_id": image_id, "image": str(path), "file": str(path), "status": "failed", "stage": "input", "error": msg}
             warnings.warn(msg, SkippedInputWarning, stacklevel=2)
             continue
         seen[image_id] = path
@@ -250,7 +250,7 @@ def _one(path: Path, image_id: str, out: Path, *, segmenter: Any, models: Any, e
         msg = str(exc) if isinstance(exc, FieldError) else failure_message(exc, path)
         warnings.warn(f"skipped {msg}", SkippedInputWarning, stacklevel=3)
         seconds["total"] = time.perf_counter() - t0
-        return {"image_id": image_id, "image": str(path), "status": "failed", "stage": _STAGE_NAMES.get(stage, stage), "error": msg,
+        return {"image_id": image_id, "image": str(path), "file": str(path), "status": "failed", "stage": _STAGE_NAMES.get(stage, stage), "error": msg,
                 "seconds": {k: round(v, 4) for k, v in seconds.items()}}
     seconds["total"] = time.perf_counter() - t0
     return {"image_id": image_id, "image": str(path), "status": "done", "labels": f"labels/{image_id}.tif", "part": f"{PARTS_FOLDER}/{image_id}.parquet",

@@ -40,11 +40,12 @@ def _split_column(table: pd.DataFrame, models: list) -> pd.Series | None:
 
 
 def _predict_images(src: Path, out: Path, loaded: list, *, segmentation: str, pixel_size_um: float | None, extract_config: dict | None,
-                    batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None) -> tuple[pd.DataFrame, list[dict], dict, float]:
+                    batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None) -> tuple[pd.DataFrame, list[dict], dict, float, int]:
     """Images → run folder, one field at a time (:func:`~mechanoscope.pipeline.field_run.run_fields`).
 
-    Returns the consolidated table, the per-image status, the settings and the
-    seconds spent predicting (summed over the finished images).
+    Returns the consolidated table, the per-image status, the settings, the seconds
+    spent predicting (summed over the finished images) and how many images an
+    earlier, interrupted run had finished.
     """
     from mechanoscope.io.images import image_paths, max_pixels_limit
     from mechanoscope.pipeline.field import extract_config_for
@@ -67,7 +68,7 @@ def _predict_images(src: Path, out: Path, loaded: list, *, segmentation: str, pi
                      batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels, record_extra=extra,
                      progress=lambda i, n, name: progress("segment → extract → predict", i, n))
     pred_seconds = sum(float(e.get("seconds", {}).get("predict", 0.0)) for e in res.status if e["status"] == "done")
-    return res.table, res.status, settings, pred_seconds
+    return res.table, res.status, settings, pred_seconds, res.n_skipped
 
 
 def predict_run(
@@ -122,6 +123,7 @@ def predict_run(
         raise MechanoscopeError("no model given; pass at least one --model folder")
     status: list[dict] = []
     settings: dict | None = None
+    n_resumed: int | None = None
     if _is_run(src):
         if src.resolve() != out.resolve():
             make_output_folder(out, "run folder (--out)")
@@ -144,7 +146,7 @@ def predict_run(
             table = table.drop(columns=[c for c in pred.columns if c in table.columns]).join(pred)
         pred_seconds = time.perf_counter() - t_pred
     else:
-        table, status, settings, pred_seconds = _predict_images(
+        table, status, settings, pred_seconds, n_resumed = _predict_images(
             src, out, loaded, segmentation=segmentation, pixel_size_um=pixel_size_um, extract_config=extract_config, batch_size=batch_size,
             progress=say, overwrite=overwrite, max_pixels=max_pixels)
     n = len(table)
@@ -170,6 +172,7 @@ def predict_run(
         "n_images": int(table["image_id"].nunique()) if n else 0,
         "segmentation": None if _is_run(src) else segmentation,
         "settings": settings,
+        "n_resumed": n_resumed,
         "complete": True,
         "status": status,
         "n_failed": sum(1 for e in status if e["status"] == "failed"),
