@@ -199,6 +199,34 @@ def replicate_level_tests(rep_values: dict[str, np.ndarray]) -> dict[str, Any] |
     return {"test": "one-way ANOVA on replicate medians", "statistic": float(res.statistic), "df": [len(arrays) - 1, G - len(arrays)], "p_value": float(res.pvalue)}
 
 
+def _fit_ok(res: Any, K: int) -> bool:
+    se = np.asarray(res.bse_fe, dtype=float)[:K]
+    return bool(getattr(res, "converged", True)) and np.all(np.isfinite(np.asarray(res.fe_params, dtype=float))) and np.all(np.isfinite(se)) and np.all(se > 0)
+
+
+def _fit_mixed(model: Any, K: int) -> tuple[Any, list, str]:
+    """REML fit; when statsmodels' gradient optimisers fail (it happens at a replicate variance
+    near zero: non-finite standard errors, nonsense fixed effects with "converged" set), refit with
+    the derivative-free Powell and Nelder–Mead optimisers and keep the valid fit of highest likelihood."""
+    fits = []
+    for method in (None, "powell", "nm"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = model.fit(reml=True) if method is None else model.fit(reml=True, method=method)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+        fits.append((res, list(caught), method or "statsmodels default (bfgs, then lbfgs)"))
+        if _fit_ok(res, K) and method is None:
+            return fits[0]
+    ok = [f for f in fits if _fit_ok(f[0], K)]
+    if ok:
+        return max(ok, key=lambda f: float(f[0].llf))
+    if not fits:
+        raise MechanoscopeError("the mixed model could not be fitted (singular design)")
+    return fits[0]
+
+
 def mixed_model_test(y: np.ndarray, conditions: np.ndarray, groups: np.ndarray, order: Sequence[str], *, level: float = 0.95, trend: bool = False) -> dict[str, Any]:
     """Random-intercept mixed model ``y ~ condition + (1 | replicate)`` (statsmodels MixedLM, REML).
 
@@ -231,16 +259,14 @@ def mixed_model_test(y: np.ndarray, conditions: np.ndarray, groups: np.ndarray, 
         X[:, j] = ci_idx == j
     G = len(np.unique(groups))
     df_den = G - K
-    notes: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = sm.MixedLM(y, X, groups=groups).fit(reml=True)
+    res, caught, optimizer = _fit_mixed(sm.MixedLM(y, X, groups=groups), K)
     converged = bool(getattr(res, "converged", True))
+    notes: list[str] = []
     for w in caught:
         text = str(w.message).splitlines()[0]
         if "boundary" in text.lower():
             notes.append("the replicate variance is estimated at or near zero (replicates vary no more than their cells predict)")
-        elif issubclass(w.category, ConvergenceWarning):
+        elif issubclass(w.category, ConvergenceWarning) and "retrying" not in text.lower():
             notes.append(text)
     notes = list(dict.fromkeys(notes))
     b = np.asarray(res.fe_params, dtype=float)
@@ -285,6 +311,7 @@ def mixed_model_test(y: np.ndarray, conditions: np.ndarray, groups: np.ndarray, 
         "icc": var_re / (var_re + var_res) if (var_re + var_res) > 0 else float("nan"),
         "n_groups": G,
         "converged": converged,
+        "optimizer": optimizer,
         "notes": notes,
         "contrasts": contrasts,
     }
