@@ -826,3 +826,16 @@ def test_comparison_of_identical_values_is_quiet_and_says_what_cells_are():
         "cells are treated as independent; cells from one dish/image are not independent "
         "replicates, so compare per-replicate medians before drawing conclusions"
     )
+
+
+def test_constant_predictions_have_no_correlation_and_raise_no_warning():
+    import warnings
+
+    true = np.array([100.0, 300.0, 1000.0, 3000.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SciPy warns on constant input; the metric must not ask it
+        m = regression_metrics(true, np.full(4, 500.0))
+    assert m["pearson_r_log10"] is None and m["spearman_rho_log10"] is None and m["pearson_p"] is None
+    assert m["bland_altman"]["definition"] == (
+        "d = log10(E_pred) - log10(E_true); bias = mean(d); limits = bias ± 1.96 SD(d); fold = 10**value"
+    )
