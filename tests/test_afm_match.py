@@ -296,3 +296,26 @@ def test_geometric_mean_of_repeated_measurements(per_cell, rnd):
             assert min(vals) * (1 - 1e-9) <= out.loc[cid, "afm_stiffness_pa"] <= max(vals) * (1 + 1e-9)
         else:
             assert np.isnan(out.loc[cid, "afm_stiffness_pa"])
+
+
+def test_default_reach_order_index_and_dtypes_of_the_matches():
+    lab, cells = _scene()
+    lab_b = np.zeros((10, 10), np.int32)
+    lab_b[0:4, 0:4] = 2
+    cells = pd.concat([cells, pd.DataFrame({"image_id": ["b"], "cell_id": [2], "centroid_y_um": [0.6], "centroid_x_um": [0.6]})],
+                      ignore_index=True)
+    # image b comes first in the AFM table; (7.5, 15.8) is background 5.5 µm below cell 3's centroid
+    afm = pd.concat([_afm("b", [(0.4, 0.4)], [50.0]), _afm("a", [(7.5, 15.8), (2.0, 16.0)], [70.0, 80.0])], ignore_index=True)
+    out, m = match_afm_to_cells(cells, afm, {"a": lab, "b": lab_b}, pixel_size_um={"a": 0.4, "b": 0.4})
+    assert m.image_id.tolist() == ["b", "a", "a"]  # the AFM table's order, not sorted by image
+    assert m.cell_id.tolist() == [2, -1, 3]  # 5.5 µm is beyond the default reach of 5 µm
+    assert m.cell_id.dtype == np.int64 and list(m.index) == [0, 1, 2]
+    assert out.set_index("cell_id").afm_stiffness_pa.to_dict() == pytest.approx({3: 80.0, 8: np.nan, 2: 50.0}, nan_ok=True)
+    _, m6 = match_afm_to_cells(cells, afm, {"a": lab, "b": lab_b}, pixel_size_um=0.4, max_distance_um=6.0)
+    assert m6.cell_id.tolist() == [2, 3, 3]
+
+
+def test_non_positive_moduli_are_refused_with_what_to_do():
+    lab, cells = _scene()
+    with pytest.raises(MechanoscopeError, match=r"^AFM table holds non-positive or missing moduli; a Young's modulus is > 0 Pa — remove failed fits first$"):
+        match_afm_to_cells(cells, _afm("a", [(2.0, 16.0)], [0.0]), {"a": lab}, pixel_size_um=0.4)
