@@ -21,6 +21,14 @@ Usage::
     python benchmarks/mutation.py            # run mutmut (resumes; ~1 h on 2 cores), then summarise
     python benchmarks/mutation.py --no-run   # summarise the last run (mutants/)
     python benchmarks/mutation.py --max-children 2 --out mutation.json
+    python benchmarks/mutation.py --no-run --recheck
+
+``--recheck`` runs every unexplained survivor of the last run again against today's
+code and tests, without a whole mutmut run: in a copy of ``src/`` and ``tests/`` the
+mutant's changed line replaces the original line (a mutant whose line cannot be found
+once in its module is left as it was), the unit and property test files of its module
+(``RECHECK_TESTS``) run with ``-x``, and the outcome is kept in ``mutants/recheck.json``,
+which later summaries fold in. The unchanged copy must pass those tests first.
 
 ``make mutation`` runs the first form. It is not part of ``make test``.
 """
@@ -120,6 +128,88 @@ def changed_lines(mutant: str) -> list[str]:
     return [ln for ln in diff if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
 
 
+RECHECK = ROOT / "mutants" / "recheck.json"
+
+#: The fast test files that check each core module (for --recheck).
+RECHECK_TESTS = {
+    "mechanoscope.evaluate.segmentation": ["tests/test_evaluate_segmentation.py", "tests/test_evaluate_segmentation_properties.py"],
+    "mechanoscope.evaluate.stiffness": ["tests/test_stiffness_metrics_properties.py", "tests/test_evaluate_stiffness.py"],
+    "mechanoscope.learn.uncertainty": ["tests/test_uncertainty.py"],
+    "mechanoscope.learn.data": ["tests/test_learn_units.py"],
+    "mechanoscope.cells.crops": ["tests/test_cells_properties.py", "tests/test_cells.py"],
+    "mechanoscope.cells.morphology": ["tests/test_cells_properties.py", "tests/test_cells.py"],
+    "mechanoscope.mechanics.afm_match": ["tests/test_afm_match.py"],
+    "mechanoscope.simulate.optics": ["tests/test_optics_properties.py", "tests/test_optics.py"],
+}
+
+
+def _module_path(mutant: str, root: Path) -> Path:
+    module = mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
+    return root / "src" / Path(*module.split(".")).with_suffix(".py")
+
+
+def _function_span(text: str, qualname: str) -> tuple[int, int]:
+    """Character span of function ``qualname`` (``f`` or ``Class.f``) in module source ``text``."""
+    import ast
+
+    tree = ast.parse(text)
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    parts = qualname.split(".")
+    nodes = tree.body
+    for k, name in enumerate(parts):
+        node = next((n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name), None)
+        if node is None:
+            return 0, 0
+        nodes = node.body
+    return starts[node.lineno - 1], starts[node.end_lineno] if node.end_lineno < len(starts) else len(text)
+
+
+def recheck(codes: dict[str, int | None], equivalents: list[dict]) -> dict[str, dict]:
+    """Run the unexplained survivors again on a copy of today's tree; return {mutant: outcome}."""
+    import os
+    import shutil
+    import tempfile
+
+    known = {e["mutant"] for e in equivalents}
+    todo = [m for m, c in sorted(codes.items()) if c in SURVIVED_CODES and m not in known]
+    done: dict[str, dict] = json.loads(RECHECK.read_text()) if RECHECK.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        shutil.copytree(ROOT / "src", tree / "src")
+        shutil.copytree(ROOT / "tests", tree / "tests")
+        shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+        env = dict(os.environ, PYTHONPATH=str(tree / "src"), HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+        def run(test_files: list[str]) -> int:
+            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_files]
+            return subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900).returncode
+
+        for module in sorted({module_of(m) for m in todo}):
+            if run(RECHECK_TESTS[module]) != 0:
+                raise SystemExit(f"recheck: the unchanged tree fails {RECHECK_TESTS[module]}; fix that first")
+        for m in todo:
+            test_files = RECHECK_TESTS[module_of(m)]
+            diff = changed_lines(m)
+            minus = [ln[1:] for ln in diff if ln.startswith("-")]
+            plus = [ln[1:] for ln in diff if ln.startswith("+")]
+            path = _module_path(m, tree)
+            text = path.read_text()
+            a, b = _function_span(text, function_of(m))
+            body = text[a:b]
+            if len(minus) != 1 or len(plus) != 1 or body.count(minus[0] + "\n") != 1:
+                done[m] = {"status": "not rechecked", "why": "changed line not found once in today's function"}
+                continue
+            path.write_text(text[:a] + body.replace(minus[0] + "\n", plus[0] + "\n") + text[b:])
+            try:
+                code = run(test_files)
+            finally:
+                path.write_text(text)
+            done[m] = {"status": "killed" if code in KILLED_CODES else "survived" if code == 0 else f"exit code {code}",
+                       "exit_code": code, "tests": test_files}
+            RECHECK.write_text(json.dumps(done, indent=1))
+    return done
+
+
 def summarise(codes: dict[str, int | None], equivalents: list[dict]) -> dict:
     known = {e["mutant"]: e for e in equivalents}
     per_module: dict[str, Counter] = defaultdict(Counter)
@@ -180,10 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-run", action="store_true", help="only summarise the results already in mutants/")
     ap.add_argument("--max-children", type=int, default=None, help="parallel mutant workers (default: mutmut's, the CPU count)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+    ap.add_argument("--recheck", action="store_true",
+                    help="run the unexplained survivors again against today's code and their modules' test files")
     args = ap.parse_args(argv)
     wall = None if args.no_run else run_mutmut(args.max_children)
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else []
-    result = summarise(read_results(), equivalents)
+    codes = read_results()
+    if args.recheck:
+        recheck(codes, equivalents)
+    rechecked = json.loads(RECHECK.read_text()) if RECHECK.exists() else {}
+    for m, r in rechecked.items():  # a survivor killed by a test added since the run counts as killed
+        if codes.get(m) in SURVIVED_CODES and r.get("status") == "killed":
+            codes[m] = r["exit_code"]
+    result = summarise(codes, equivalents)
+    result["rechecked_killed"] = sorted(m for m, r in rechecked.items() if r.get("status") == "killed")
     result["mutmut_wall_s"] = None if wall is None else round(wall, 1)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
