@@ -270,3 +270,11 @@ def test_conformal_interval_is_float64_whatever_the_input_dtype():
     assert hi[0] == pytest.approx(0.1 * 3.0, abs=1e-13)  # q·σ in float64, not float32 (0.3000000119)
     lo, hi = conformal_interval(np.array([3, 4]), 0.5)  # integer predictions, no sigma
     assert lo.dtype == hi.dtype == np.float64 and lo.tolist() == [2.5, 3.5]
+
+
+def test_calibration_error_is_computed_in_float64_for_float32_probabilities():
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet([1.0, 1.0, 1.0], size=500).astype(np.float32)
+    y = rng.integers(0, 3, 500)
+    exact = expected_calibration_error(p.astype(np.float64), y)  # the same float32 values, widened
+    assert expected_calibration_error(p, y) == pytest.approx(exact, rel=0, abs=1e-15)
