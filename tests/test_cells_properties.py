@@ -563,3 +563,24 @@ def test_texture_of_a_flat_cell_is_nan_without_a_runtime_warning():
     t_faint = measure_cells(lab, img / 100.0, pixel_size_um=0.5, image_id="faint").set_index("cell_id").loc[9]
     assert t_faint["intensity_std"] ** 2 < 0.01
     assert t_faint["texture_smoothness_geary"] == pytest.approx(ramp["texture_smoothness_geary"], rel=1e-9)
+
+
+def test_measure_cells_defaults_names_and_thin_cells():
+    from mechanoscope.cells.morphology import measure_cells
+    from mechanoscope.errors import MechanoscopeError
+
+    lab = np.zeros((12, 12), np.int32)
+    lab[4, 2:6] = 2            # one pixel thin: minor axis 0 -> aspect ratio NaN
+    lab[7, 7] = lab[7, 8] = lab[8, 9] = 3  # a bent triple: minor axis 0.84 px, in (0, 1]
+    t = measure_cells(lab, pixel_size_um=1.0, image_id="img7").set_index("cell_id")
+    assert (t["frame"] == 0).all() and t["frame"].dtype == np.int64  # the default frame is 0
+    assert np.isnan(t.loc[2, "aspect_ratio"])
+    r = regionprops(lab)[1]
+    assert 0 < r.axis_minor_length <= 1
+    assert t.loc[3, "aspect_ratio"] == pytest.approx(r.axis_major_length / r.axis_minor_length)
+    assert t.loc[3, "circularity"] <= 1.0
+    # errors name the image they are about
+    with pytest.raises(MechanoscopeError, match="labels of img7"):
+        measure_cells(lab.astype(float) + 0.5, pixel_size_um=1.0, image_id="img7")
+    with pytest.raises(MechanoscopeError, match=r"image img7.*labels of img7|labels of img7.*image img7"):
+        measure_cells(lab, np.zeros((12, 13)), pixel_size_um=1.0, image_id="img7")
