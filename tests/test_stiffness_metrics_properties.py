@@ -839,3 +839,18 @@ def test_constant_predictions_have_no_correlation_and_raise_no_warning():
     assert m["bland_altman"]["definition"] == (
         "d = log10(E_pred) - log10(E_true); bias = mean(d); limits = bias ± 1.96 SD(d); fold = 10**value"
     )
+
+
+def test_f1_of_a_class_never_predicted_is_zero_without_a_warning():
+    import warnings
+
+    y = np.array(["soft", "stiff", "soft", "stiff"])
+    prob = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # every cell called soft
+    three = np.array([[0.8, 0.1, 0.1]] * 3 + [[0.1, 0.8, 0.1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns on 0/0 precision unless told what to do
+        m = classification_metrics(y, prob, ["soft", "stiff"])
+        m3 = classification_metrics(np.array(["a", "b", "c", "a"]), three, ["a", "b", "c"])
+    assert m["f1"] == 0.0
+    # a: precision 1/3, recall 1/2 -> F1 0.4; b and c: no true positive -> 0; macro mean 0.4/3
+    assert m3["f1"] == pytest.approx(0.4 / 3)
