@@ -171,8 +171,9 @@ def recheck(codes: dict[str, int | None], equivalents: list[dict]) -> dict[str, 
     import tempfile
 
     known = {e["mutant"] for e in equivalents}
-    todo = [m for m, c in sorted(codes.items()) if c in SURVIVED_CODES and m not in known]
     done: dict[str, dict] = json.loads(RECHECK.read_text()) if RECHECK.exists() else {}
+    todo = [m for m, c in sorted(codes.items())
+            if c in SURVIVED_CODES and m not in known and done.get(m, {}).get("status") != "killed"]
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         shutil.copytree(ROOT / "src", tree / "src")
