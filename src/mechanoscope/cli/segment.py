@@ -190,7 +190,7 @@ def train(
     metrics.json, provenance.json, MODEL_CARD.md, training_log.csv). Pairs that cannot
     be read are reported and skipped.
     """
-    from mechanoscope.cells.extract import pair_images_and_labels
+    from mechanoscope.io.pairing import pair_images_and_labels
     from mechanoscope.config import read_config_mapping, validate_mapping
     from mechanoscope.errors import ConfigError, MechanoscopeError, failure_message
     from mechanoscope.io.images import read_label_image
