@@ -134,6 +134,7 @@ RECHECK = ROOT / "mutants" / "recheck.json"
 RECHECK_TESTS = {
     "mechanoscope.evaluate.segmentation": ["tests/test_evaluate_segmentation.py", "tests/test_evaluate_segmentation_properties.py"],
     "mechanoscope.evaluate.stiffness": ["tests/test_stiffness_metrics_properties.py", "tests/test_evaluate_stiffness.py"],
+    "mechanoscope.evaluate.conditions": ["tests/test_stiffness_metrics_properties.py", "tests/test_evaluate_stiffness.py"],
     "mechanoscope.learn.uncertainty": ["tests/test_uncertainty.py"],
     "mechanoscope.learn.data": ["tests/test_learn_units.py"],
     "mechanoscope.cells.crops": ["tests/test_cells_properties.py", "tests/test_cells.py"],

@@ -20,19 +20,16 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from mechanoscope.errors import MechanoscopeError
+from mechanoscope.evaluate.conditions import _class_by_condition_test, _holm, compare_conditions, summarize_by_condition
 from mechanoscope.evaluate.stiffness import (
     _as_float,
     _as_labels,
     _check_positive,
-    _class_by_condition_test,
-    _holm,
     _jsonable,
     _none_if_nan,
     classification_metrics,
-    compare_conditions,
     regression_metrics,
     reliability_bins,
-    summarize_by_condition,
 )
 from mechanoscope.pipeline.evaluation import _summary_pa
 
@@ -803,7 +800,6 @@ def test_f1_without_positive_cells_is_zero_and_averages_are_named():
 
 def test_comparisons_leave_missing_conditions_out_even_beside_a_condition_named_nan():
     # a condition literally called "nan" is a condition; a missing one (None/NaN) is not it
-    from mechanoscope.evaluate.stiffness import summarize_by_condition
 
     cond = pd.Series(["nan", "nan", None, np.nan, "b", "b", "b"], dtype=object)
     v = np.array([1.0, 2.0, 50.0, 60.0, 3.0, 4.0, 5.0])

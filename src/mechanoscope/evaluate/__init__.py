@@ -26,12 +26,11 @@ __all__ = [
     "segmentation_table",
 ]
 
+from mechanoscope.evaluate.conditions import compare_conditions, summarize_by_condition
 from mechanoscope.evaluate.stiffness import (
     classification_metrics,
-    compare_conditions,
     regression_metrics,
     reliability_bins,
-    summarize_by_condition,
 )
 
 __all__ += [

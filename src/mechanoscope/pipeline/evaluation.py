@@ -19,19 +19,17 @@ import numpy as np
 import pandas as pd
 
 from mechanoscope.errors import MechanoscopeError
+from mechanoscope.evaluate.conditions import _class_by_condition_test, compare_conditions, summarize_by_condition
 from mechanoscope.evaluate.stiffness import (
     _PROB_PREFIX,
     FIGURE_NAMES,
     _as_float,
     _as_labels,
     _check_positive,
-    _class_by_condition_test,
     _jsonable,
     _none_if_nan,
     classification_metrics,
-    compare_conditions,
     regression_metrics,
-    summarize_by_condition,
 )
 
 __all__ = ["evaluate_run"]

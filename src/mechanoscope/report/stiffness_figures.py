@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mechanoscope.evaluate.conditions import _condition_order
 from mechanoscope.evaluate.stiffness import (
     ECE_BINS,
     _as_float,
     _as_labels,
-    _condition_order,
     classification_metrics,
     regression_metrics,
 )
