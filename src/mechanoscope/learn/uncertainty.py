@@ -18,6 +18,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from mechanoscope.errors import MechanoscopeError
+from mechanoscope.evaluate.stiffness import reliability_bins
 
 __all__ = [
     "fit_temperature",
@@ -55,21 +56,20 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """ECE of class probabilities ``prob`` (N, K) for labels ``y`` (N,)."""
+    """ECE of class probabilities ``prob`` (N, K) for labels ``y`` (N,); NaN for no cells.
+
+    The one definition of the calibration error in mechanoscope: the top-label
+    confidence and correctness of each cell go to
+    :func:`mechanoscope.evaluate.stiffness.reliability_bins` (equal-width bins
+    ``(b/n, (b+1)/n]``, Guo et al. 2017), which the evaluation's reliability diagram uses too.
+    """
     prob = np.asarray(prob, dtype=np.float64)
     y = np.asarray(y, dtype=int)
     if len(y) == 0:
         return float("nan")
-    conf = prob.max(axis=1)
-    correct = (prob.argmax(axis=1) == y).astype(float)
-    edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = idx == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
+    confidence = prob.max(axis=1)
+    correct = prob.argmax(axis=1) == y
+    return float(reliability_bins(correct, confidence, n_bins=n_bins)["ece"])
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
