@@ -24,6 +24,7 @@ class StiffnessModel:
     normalization: dict
     members: list  # torch networks (cnn) or [FeatureModel]
     split: dict | None = None
+    domain: object | None = None  # learn.domain.DomainReference; None: no domain check possible
 
     @property
     def task(self) -> str:
@@ -81,7 +82,10 @@ def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
     sp = Path(folder) / "split.json"
     if sp.exists():
         split = json.loads(sp.read_text())
-    return StiffnessModel(Path(folder), cfg, mf.normalization, members, split)
+    from mechanoscope.learn.domain import load_domain_reference
+
+    domain = load_domain_reference(folder) if cfg["model_type"] == "cnn" else None
+    return StiffnessModel(Path(folder), cfg, mf.normalization, members, split, domain)
 
 
 def _check_crops(model: StiffnessModel, crops: np.ndarray, channels: list[str], attrs: dict, where: str) -> None:
@@ -124,14 +128,20 @@ def predict_cells(
     ``pred_confidence``. Regression: ``pred_<target>`` (e.g. ``pred_stiffness_pa``),
     ``pred_lo_pa``/``pred_hi_pa`` (split-conformal interval at the model's level),
     ``pred_log10_sd`` when an ensemble or Gaussian loss gives a spread.
+    Applicability domain (CNN models with a reference, :mod:`mechanoscope.learn.domain`):
+    ``pred_domain_score_<target>`` (> 1: unlike the training cells),
+    ``pred_in_domain_<target>``, ``pred_image_in_domain_<target>`` and the combined
+    ``pred_in_domain`` / ``pred_image_in_domain``; intervals are calibrated only inside.
     """
     from mechanoscope.learn.data import normalise_crops
+    from mechanoscope.learn.domain import domain_columns
     from mechanoscope.learn.train import _combine_regression, forward_tta
     from mechanoscope.learn.uncertainty import softmax_t
 
     cfg = model.config
     n = len(table)
     out = pd.DataFrame(index=table.index)
+    dom: list[np.ndarray] = []
     if cfg["model_type"] == "features":
         raw = model.members[0].raw_outputs(table) if n else None
     else:
@@ -151,10 +161,14 @@ def predict_cells(
                 x = normalise_crops(np.asarray(crops[s : s + batch_size], dtype=np.float32), channels, cfg["channels"], float(model.normalization["contrast_scale"]))
                 xt = torch.from_numpy(x).to(dev)
                 outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().cpu().numpy() for m in members]))
+                if model.domain is not None:
+                    dom.append(model.domain.score_crops(members[0], xt))
                 done += len(x)
                 if progress:
                     progress(done, n)
         raw = np.concatenate(outs, axis=1) if outs else None
+    scores = (np.concatenate(dom) if dom else np.zeros(0)) if model.domain is not None else None
+    with_domain = lambda o: o.join(domain_columns(model.domain, scores, table, cfg["target"], where=str(model.path)))  # noqa: E731
     if cfg["task"] == "classification":
         classes = cfg["classes"]
         if n == 0:
@@ -167,7 +181,7 @@ def predict_cells(
         for k, c in enumerate(classes):
             out[f"pred_prob_{c}"] = prob[:, k]
         out["pred_confidence"] = prob.max(1) if n else pd.Series(dtype=float)
-        return out
+        return with_domain(out)
     target = cfg["target"]
     mean, std = float(cfg["target_mean"]), float(cfg["target_std"])
     to_unit = (lambda v: 10 ** (v * std + mean)) if cfg["log_target"] else (lambda v: v * std + mean)
@@ -188,4 +202,4 @@ def predict_cells(
     out[f"pred_hi_{unit}"] = to_unit(mu + width)
     if sd is not None:
         out["pred_log10_sd"] = sd * std
-    return out
+    return with_domain(out)

@@ -319,6 +319,29 @@ def _model_card(cfg: dict, metrics: dict, n_split: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_rows: np.ndarray, masks: dict, refit: bool, *, sub_groups: np.ndarray) -> dict:
+    """``domain.json`` + ``domain.safetensors`` (:mod:`mechanoscope.learn.domain`), or {} with a warning.
+
+    Reference: the cells the weights learnt from; calibration: the held-out cells the
+    weights never saw (validation + calibration images; calibration only after a refit).
+    """
+    import warnings
+
+    from mechanoscope.errors import MechanoscopeWarning
+    from mechanoscope.learn.domain import crop_statistics, fit_domain_reference, penultimate_features
+
+    held = masks["calibration"] if refit else np.concatenate([masks["val"], masks["calibration"]])
+    try:
+        ref = fit_domain_reference(
+            penultimate_features(net, x_all[fit_rows]), crop_statistics(x_all[fit_rows], channels),
+            penultimate_features(net, x_all[held]), crop_statistics(x_all[held], channels), sub_groups[held],
+            channels=channels, held_out_splits="calibration" if refit else "val + calibration")
+    except MechanoscopeError as exc:
+        warnings.warn(f"no applicability-domain reference written: {exc}; predictions of this model will carry no domain check", MechanoscopeWarning, stacklevel=3)
+        return {}
+    return ref.to_files()
+
+
 def _reuse_split(source: str, groups: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """Take the split of every group listed in ``source`` (model folder or split.json)."""
     p = Path(source)
@@ -459,6 +482,7 @@ def train_model(
             refit_info["epochs_per_network"] = keep
         # outputs on the held-out splits only (training-set outputs are never used)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
+        domain_files = _domain_reference_files(nets[0], x_all, channels, fit_rows, masks, refit, sub_groups=table[config.group_column].astype(str).to_numpy())
         for k, net in enumerate(nets):
             for name, tensor in net.state_dict().items():
                 state[f"member{k}.{name}"] = tensor
@@ -521,6 +545,8 @@ def train_model(
     prov["group_column"] = config.group_column
     prov["training_seconds"] = round(time.perf_counter() - t0, 2)
     extra = {"split.json": json.dumps({"group_column": config.group_column, "groups": split_groups}, indent=2)}
+    if config.model_type == "cnn":
+        extra.update(domain_files)
     if len(log):
         buf = io.StringIO()
         log.to_csv(buf, index=False)

@@ -1,0 +1,410 @@
+"""Applicability domain: how unlike the training cells a crop is, calibrated on held-out images.
+
+A CNN applied to images taken with other optics keeps answering with the same
+confidence. This module gives every prediction a score of how far its crop lies from
+the training crops, in two spaces:
+
+* ``features``: the network's penultimate-layer features (the input of its last
+  linear layer; ensemble member 0, no test-time augmentation);
+* ``image_stats``: a few statistics of the normalised crop that change with the
+  imaging rather than with the cell (background noise, background slope, sharpness,
+  cell contrast; :func:`crop_statistics`).
+
+In each space the reference is the mean and the Ledoit–Wolf shrunk covariance of the
+**training** cells (``sklearn.covariance.LedoitWolf``); a cell's distance is its
+Mahalanobis distance. Both distances are divided by their ``cell_quantile`` (default
+95 %) on the **held-out** validation + calibration cells (images the weights never
+learnt from; calibration only after a refit), the cell's score is the larger of the
+two, and ``domain_score`` is that divided by its own ``cell_quantile`` on the same
+held-out cells: ``domain_score > 1`` means out of domain, and by construction about
+5 % of cells of images acquired like the training images are flagged. An image is
+out of domain when the median ``domain_score`` of its cells exceeds
+``image_threshold``: the ``image_quantile`` of the held-out images' medians (times
+``image_margin``), so an image-level flag says "imaged unlike the training images"
+rather than "one odd cell".
+
+The reference (``domain.safetensors``: means and precision matrices; ``domain.json``:
+thresholds and what they were calibrated on) is written into the model folder at
+training. A model folder from before has none: it still predicts, with a note that no
+domain check was possible.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mechanoscope.errors import MechanoscopeError, MechanoscopeWarning
+
+__all__ = [
+    "DOMAIN_FILES",
+    "STAT_NAMES",
+    "DomainReference",
+    "crop_statistics",
+    "penultimate_features",
+    "fit_domain_reference",
+    "load_domain_reference",
+    "domain_columns",
+    "domain_summary",
+    "NoDomainReferenceWarning",
+]
+
+DOMAIN_FILES = ("domain.json", "domain.safetensors")
+STAT_NAMES = ("background_noise", "background_slope", "sharpness", "cell_contrast_sd", "cell_contrast_mean", "background_level_sd")
+SPACES = ("features", "image_stats")
+
+
+class NoDomainReferenceWarning(MechanoscopeWarning):
+    """A model folder has no applicability-domain reference: no domain check is possible."""
+
+
+# --------------------------------------------------------------------------- features
+def crop_statistics(x: np.ndarray, channels: list[str]) -> np.ndarray:
+    """Imaging statistics of normalised crops, ``(N, len(STAT_NAMES))``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float
+        Crops as the network sees them (:func:`~mechanoscope.learn.data.normalise_crops`).
+    channels : names of the C channels; ``intensity`` is required, ``mask`` (0/1) is
+        used to tell cell from background (without it the outer ring of the crop is
+        taken as background and its centre as cell).
+
+    Returns
+    -------
+    (N, 6) float64: ``background_noise`` (robust SD of the 4-neighbour Laplacian over
+    background pixels / √20, about the pixel noise SD), ``background_slope`` (length of
+    the gradient of a plane fitted to the background, contrast units per crop edge),
+    ``sharpness`` (log of Laplacian over gradient energy inside the cell),
+    ``cell_contrast_sd`` / ``cell_contrast_mean`` (inside the cell) and
+    ``background_level_sd`` (SD of background pixels).
+    """
+    if "intensity" not in channels:
+        raise MechanoscopeError(f"image statistics need an intensity channel; the crops have {channels}")
+    img = np.asarray(x[:, channels.index("intensity")], dtype=np.float64)
+    n, h, w = img.shape
+    if "mask" in channels:
+        cell = np.asarray(x[:, channels.index("mask")]) > 0.5
+    else:
+        yy, xx = np.mgrid[:h, :w]
+        cell = np.broadcast_to(np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) < 0.3 * min(h, w), (n, h, w))
+    lap = np.zeros_like(img)
+    lap[:, 1:-1, 1:-1] = 4 * img[:, 1:-1, 1:-1] - img[:, :-2, 1:-1] - img[:, 2:, 1:-1] - img[:, 1:-1, :-2] - img[:, 1:-1, 2:]
+    gy, gx = np.gradient(img, axis=(1, 2))
+    inner = np.zeros((h, w), bool)
+    inner[1:-1, 1:-1] = True
+    yy, xx = np.mgrid[:h, :w]
+    design = np.stack([np.ones(h * w), (yy.ravel() - h / 2) / h, (xx.ravel() - w / 2) / w], 1)
+    out = np.full((n, len(STAT_NAMES)), np.nan)
+    for i in range(n):
+        bg = ~cell[i]
+        if bg.sum() < 8:
+            bg = ~inner
+        fg = cell[i] if cell[i].sum() >= 4 else inner
+        lb = lap[i][bg & inner]
+        out[i, 0] = 1.4826 * np.median(np.abs(lb - np.median(lb))) / np.sqrt(20.0) if lb.size else 0.0
+        coef, *_ = np.linalg.lstsq(design[bg.ravel()], img[i].ravel()[bg.ravel()], rcond=None)
+        out[i, 1] = float(np.hypot(coef[1], coef[2]))
+        g2 = float(np.mean(gy[i][fg] ** 2 + gx[i][fg] ** 2))
+        l2 = float(np.mean(lap[i][fg & inner] ** 2)) if (fg & inner).any() else 0.0
+        out[i, 2] = np.log((l2 + 1e-12) / (g2 + 1e-12))
+        out[i, 3] = float(np.std(img[i][fg]))
+        out[i, 4] = float(np.mean(img[i][fg]))
+        out[i, 5] = float(np.std(img[i][bg]))
+    return out
+
+
+def _last_linear(net):
+    from torch import nn
+
+    last = None
+    for mod in net.modules():
+        if isinstance(mod, nn.Linear):
+            last = mod
+    if last is None:
+        raise MechanoscopeError(f"the network {type(net).__name__} has no linear output layer, so it has no penultimate features")
+    return last
+
+
+def penultimate_features(net, x, batch_size: int = 256) -> np.ndarray:
+    """The input of ``net``'s last linear layer for crops ``x``, ``(N, F)`` float64.
+
+    ``x`` is a ``(N, C, H, W)`` array or tensor of normalised crops; ``net`` runs in
+    eval mode on the device of its parameters, without test-time augmentation.
+    """
+    import torch
+
+    layer = _last_linear(net)
+    got: list[np.ndarray] = []
+    hook = layer.register_forward_hook(lambda mod, inp, outp: got.append(inp[0].detach().float().cpu().numpy()))
+    try:
+        dev = next(net.parameters()).device
+        net.eval()
+        with torch.inference_mode():
+            for s in range(0, len(x), batch_size):
+                xb = x[s : s + batch_size]
+                xb = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))
+                net(xb.to(dev))
+    finally:
+        hook.remove()
+    if not got:
+        return np.zeros((0, layer.in_features))
+    return np.concatenate(got).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- reference
+@dataclass
+class DomainReference:
+    """A model's applicability-domain reference (see the module docstring).
+
+    Attributes
+    ----------
+    means, precisions
+        Per space (``features``, ``image_stats``): mean ``(F,)`` and precision ``(F, F)``
+        of the training cells.
+    component_scale
+        Per space: the ``cell_quantile`` of the held-out cells' Mahalanobis distance.
+    cell_threshold
+        ``cell_quantile`` of the held-out cells' combined score (``domain_score`` = score / this).
+    image_threshold
+        An image is out of domain when the median ``domain_score`` of its cells exceeds it.
+    info
+        What the reference was fitted and calibrated on (written to ``domain.json``).
+    """
+
+    means: dict[str, np.ndarray]
+    precisions: dict[str, np.ndarray]
+    component_scale: dict[str, float]
+    cell_threshold: float
+    image_threshold: float
+    channels: list[str]
+    info: dict = field(default_factory=dict)
+
+    def _distance(self, space: str, v: np.ndarray) -> np.ndarray:
+        d = v - self.means[space]
+        d = np.where(np.isfinite(d), d, 0.0)
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precisions[space], d), 0.0))
+
+    def distances(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
+        """Mahalanobis distance of each cell to the training cells, per space."""
+        return {"features": self._distance("features", features), "image_stats": self._distance("image_stats", stats)}
+
+    def raw_score(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """Larger of the two distances, each in units of its held-out quantile."""
+        d = self.distances(features, stats)
+        return np.maximum(d["features"] / self.component_scale["features"], d["image_stats"] / self.component_scale["image_stats"])
+
+    def score(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """``domain_score`` per cell: > 1 is out of domain."""
+        return self.raw_score(features, stats) / self.cell_threshold
+
+    def score_crops(self, net, x) -> np.ndarray:
+        """``domain_score`` of normalised crops ``x`` (array or tensor) for network ``net``."""
+        xa = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        return self.score(penultimate_features(net, x), crop_statistics(xa, self.channels))
+
+    def to_files(self) -> dict[str, bytes | str]:
+        """``domain.json`` and ``domain.safetensors`` contents for a model folder."""
+        from safetensors.numpy import save
+
+        tensors = {f"{s}.{k}": np.ascontiguousarray(v, dtype=np.float64) for s in SPACES for k, v in (("mean", self.means[s]), ("precision", self.precisions[s]))}
+        meta = {
+            "method": "Mahalanobis distance to the training cells (Ledoit-Wolf covariance) in the network's penultimate features and in crop image statistics; each scaled by its held-out quantile, the larger kept",
+            "spaces": list(SPACES),
+            "image_statistics": list(STAT_NAMES),
+            "channels": self.channels,
+            "component_scale": self.component_scale,
+            "cell_threshold": self.cell_threshold,
+            "image_threshold": self.image_threshold,
+            "score": "domain_score = combined score / cell_threshold; > 1 = out of domain; image out of domain when the median domain_score of its cells > image_threshold",
+            **self.info,
+        }
+        return {"domain.json": json.dumps(meta, indent=2), "domain.safetensors": save(tensors)}
+
+
+def _quantile(v: np.ndarray, q: float) -> float:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.quantile(v, q, method="higher")) if v.size else float("nan")
+
+
+def fit_domain_reference(
+    train_features: np.ndarray,
+    train_stats: np.ndarray,
+    held_features: np.ndarray,
+    held_stats: np.ndarray,
+    held_groups: np.ndarray,
+    *,
+    channels: list[str],
+    cell_quantile: float = 0.95,
+    image_quantile: float = 0.95,
+    image_margin: float = 1.1,
+    held_out_splits: str = "val + calibration",
+) -> DomainReference:
+    """Fit the reference on training cells and calibrate its thresholds on held-out cells.
+
+    Parameters
+    ----------
+    train_features, train_stats : (N_train, F), (N_train, S)
+        Penultimate features and :func:`crop_statistics` of the training cells.
+    held_features, held_stats : (N_held, F), (N_held, S)
+        The same for held-out cells (images the weights did not learn from).
+    held_groups : (N_held,)
+        Image (group) of every held-out cell, for the image threshold.
+    cell_quantile, image_quantile
+        Quantiles of held-out cells' scores / of held-out images' median scores that
+        set the thresholds; ``image_margin`` (≥ 1) multiplies the image threshold
+        because only a few held-out images estimate it.
+
+    Raises
+    ------
+    MechanoscopeError
+        Fewer than 10 training or 10 held-out cells (or fewer than 2 held-out images).
+    """
+    from sklearn.covariance import LedoitWolf
+
+    held_groups = np.asarray(held_groups).astype(str)
+    if len(train_features) < 10:
+        raise MechanoscopeError(f"only {len(train_features)} training cells: too few to describe the training domain (need at least 10)")
+    if len(held_features) < 10 or len(np.unique(held_groups)) < 2:
+        raise MechanoscopeError(
+            f"only {len(held_features)} held-out cells in {len(np.unique(held_groups))} image(s) to calibrate the domain score "
+            "(need at least 10 cells in 2 images); set val_fraction / calibration_fraction > 0 or add images"
+        )
+    means, precisions = {}, {}
+    for space, v in (("features", train_features), ("image_stats", train_stats)):
+        v = np.where(np.isfinite(v), v, np.nanmedian(v, axis=0))
+        lw = LedoitWolf().fit(v)
+        means[space], precisions[space] = lw.location_, lw.precision_
+    ref = DomainReference(means, precisions, {"features": 1.0, "image_stats": 1.0}, 1.0, 1.0, list(channels))
+    d = ref.distances(held_features, held_stats)
+    ref.component_scale = {s: _quantile(d[s], cell_quantile) or 1.0 for s in SPACES}
+    ref.cell_threshold = _quantile(ref.raw_score(held_features, held_stats), cell_quantile) or 1.0
+    s = ref.score(held_features, held_stats)
+    medians = pd.Series(s).groupby(held_groups).median()
+    ref.image_threshold = float(max(_quantile(medians.to_numpy(), image_quantile) * image_margin, 1e-9))
+    ref.info = {
+        "n_reference_cells": int(len(train_features)),
+        "n_held_out_cells": int(len(held_features)),
+        "n_held_out_images": int(len(medians)),
+        "held_out_splits": held_out_splits,
+        "cell_quantile": cell_quantile,
+        "image_quantile": image_quantile,
+        "image_margin": image_margin,
+        "held_out_fraction_flagged": float(np.mean(s > 1)),
+        "held_out_image_median_scores": [float(v) for v in medians.to_numpy()],
+    }
+    return ref
+
+
+def load_domain_reference(folder: str | Path) -> DomainReference | None:
+    """The reference stored in a model folder, or None when it has none (older folders)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    p = Path(folder)
+    if not all((p / f).is_file() for f in DOMAIN_FILES):
+        return None
+    try:
+        meta = json.loads((p / "domain.json").read_text())
+        t = load_file(str(p / "domain.safetensors"))
+        return DomainReference(
+            means={s: t[f"{s}.mean"] for s in SPACES},
+            precisions={s: t[f"{s}.precision"] for s in SPACES},
+            component_scale={s: float(meta["component_scale"][s]) for s in SPACES},
+            cell_threshold=float(meta["cell_threshold"]),
+            image_threshold=float(meta["image_threshold"]),
+            channels=list(meta["channels"]),
+            info={k: v for k, v in meta.items() if k not in ("component_scale", "cell_threshold", "image_threshold", "channels")},
+        )
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise MechanoscopeError(f"{p}: domain.json / domain.safetensors could not be read ({exc}); copy the model folder again or retrain") from exc
+
+
+# --------------------------------------------------------------------------- columns
+def domain_columns(reference: DomainReference | None, scores: np.ndarray | None, table: pd.DataFrame, target: str, *, where: str = "model") -> pd.DataFrame:
+    """Domain columns of one model's predictions, row-aligned with ``table``.
+
+    ``pred_domain_score_<target>`` (> 1: out of domain), ``pred_in_domain_<target>``,
+    ``pred_image_in_domain_<target>`` (the median score of the cell's image is below
+    the image threshold); then ``pred_in_domain`` and ``pred_image_in_domain``: every
+    model of the table (its ``pred_in_domain_*`` columns, this one included) says so.
+    Without a reference a :class:`NoDomainReferenceWarning` is issued and only the
+    combined columns of other models are carried.
+    """
+    out = pd.DataFrame(index=table.index)
+    if reference is None or scores is None:
+        warnings.warn(f"{where}: the model folder has no applicability-domain reference (a features baseline, a CNN trained before mechanoscope had one, or one trained without held-out images); no domain check was possible for its predictions — retrain a CNN with validation/calibration images to get one", NoDomainReferenceWarning, stacklevel=3)
+    else:
+        s = np.asarray(scores, dtype=float)
+        out[f"pred_domain_score_{target}"] = s
+        out[f"pred_in_domain_{target}"] = s <= 1.0
+        groups = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(len(table), dtype=str)
+        med = pd.Series(s, index=table.index).groupby(groups).transform("median")
+        out[f"pred_image_in_domain_{target}"] = (med <= reference.image_threshold).to_numpy()
+    both = pd.concat([table.drop(columns=[c for c in out.columns if c in table.columns]), out], axis=1)
+    for name, prefix in (("pred_in_domain", "pred_in_domain_"), ("pred_image_in_domain", "pred_image_in_domain_")):
+        cols = [c for c in both.columns if str(c).startswith(prefix)]
+        if cols:
+            out[name] = both[cols].astype(bool).all(axis=1).to_numpy()
+    return out
+
+
+def domain_summary(table: pd.DataFrame, models: list | None = None) -> dict:
+    """Per model and per image: how many cells and images lie outside the training domain.
+
+    Parameters
+    ----------
+    table : the cell table with ``pred_domain_score_<target>`` columns.
+    models : the loaded models of the run (their ``target`` and whether they have a
+        reference); default: every target with domain columns in the table.
+
+    Returns
+    -------
+    dict with ``models`` (per target: ``checked``, ``n_cells``, ``n_cells_out``,
+    ``fraction_cells_out``, ``n_images``, ``images_out`` (ids), ``median_score``),
+    ``images`` (per image: cells, fraction of cells out, in domain for all models) and
+    ``note``: one plain sentence for the CLI's last lines and the report.
+    """
+    targets: list[tuple[str, bool]] = []
+    if models is not None:
+        for m in models:
+            t = m.config["target"]
+            targets.append((t, getattr(m, "domain", None) is not None and f"pred_domain_score_{t}" in table.columns))
+    else:
+        targets = [(str(c)[len("pred_domain_score_"):], True) for c in table.columns if str(c).startswith("pred_domain_score_")]
+    per_model: dict = {}
+    notes: list[str] = []
+    for t, checked in targets:
+        if not checked:
+            per_model[t] = {"checked": False, "note": f"model {t}: no applicability-domain reference in its folder, so no domain check was possible"}
+            notes.append(per_model[t]["note"])
+            continue
+        s = table[f"pred_domain_score_{t}"].to_numpy(dtype=float)
+        img_ok = table.groupby("image_id")[f"pred_image_in_domain_{t}"].first() if len(table) else pd.Series(dtype=bool)
+        out_imgs = sorted(map(str, img_ok.index[~img_ok.astype(bool)]))
+        per_model[t] = {
+            "checked": True,
+            "n_cells": int(len(s)),
+            "n_cells_out": int((s > 1).sum()),
+            "fraction_cells_out": float(np.mean(s > 1)) if len(s) else None,
+            "median_score": float(np.median(s)) if len(s) else None,
+            "n_images": int(len(img_ok)),
+            "n_images_out": len(out_imgs),
+            "images_out": out_imgs,
+        }
+        if out_imgs:
+            notes.append(f"model {t}: {len(out_imgs)} of {len(img_ok)} images look unlike its training images; predictions there are extrapolations and their intervals are not calibrated")
+    images: list[dict] = []
+    if len(table) and "pred_in_domain" in table.columns:
+        for image_id, grp in table.groupby("image_id", sort=True):
+            images.append({"image_id": str(image_id), "n_cells": int(len(grp)), "fraction_cells_out": float(1 - grp["pred_in_domain"].astype(bool).mean()),
+                           "in_domain": bool(grp["pred_image_in_domain"].astype(bool).all()) if "pred_image_in_domain" in grp else None})
+    if not notes and any(v.get("checked") for v in per_model.values()):
+        notes.append("every image lies within the training domain of the models")
+    return {"models": per_model, "images": images, "note": "; ".join(notes) if notes else "no model to check"}
