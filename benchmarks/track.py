@@ -4,10 +4,18 @@ Prints JSON with:
 
 - ``simulated``: for each scenario (``default`` = ``TimelapseConfig()`` defaults, the
   "default noise level"; ``dense_fast`` = three times the cells, faster, more missed
-  detections), over ``--seeds`` series: link precision/recall/F1 and division F1 pooled
-  over the seeds, CTC TRA/DET/LNK/CHOTA/BC(0) (py-ctcmetrics) mean and minimum. The
-  tracker is given the reference markers (the reference label images, ids ignored) and
-  the scenario's speed as ``expected_speed_um_per_frame``; everything else is default.
+  detections; ``division_gaps`` = twice the divisions, and each detection of a division
+  — the mother's last, each daughter's first — missed with probability 0.5, so that
+  daughters first appear one or two frames after the mother was last seen), over
+  ``--seeds`` series: link precision/recall/F1 and division F1 pooled over the seeds,
+  CTC TRA/DET/LNK/CHOTA/BC(0) (py-ctcmetrics) mean and minimum. The tracker is given
+  the reference markers (the reference label images, ids ignored) and the scenario's
+  speed as ``expected_speed_um_per_frame``; everything else is default. Each scenario
+  is also tracked with ``laptrack_splits_only`` (``gap_divisions`` and
+  ``check_division_areas`` off: laptrack's own splitting, daughters only in the frame
+  right after the mother), to show what the division repair adds.
+- ``division_f1``: division F1 without gaps (``default``) and with gaps
+  (``division_gaps``), with and without the repair.
 - ``usiigaci``: the real T98G phase-contrast series (../shared/data, a PEER tool's output,
   not ground truth): our tracks from Usiigaci's masks (``usiigaci_masks_avg``) scored
   against Usiigaci's own tracks (``usiigaci_id_masks``, as the reference) with the
@@ -40,7 +48,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCENARIOS = {
     "default": {},
     "dense_fast": {"n_cells": 60, "speed_um_per_frame": 4.0, "miss_probability": 0.03, "division_probability": 0.02},
+    "division_gaps": {"division_probability": 0.03, "division_miss_probability": 0.5},
 }
+LAPTRACK_ONLY = {"gap_divisions": False, "check_division_areas": False}
 CTC_KEYS = ("TRA", "DET", "LNK", "CHOTA", "BC(0)", "BC(1)")
 
 
@@ -57,32 +67,54 @@ def simulated(seeds: int) -> dict:
     for name, overrides in SCENARIOS.items():
         cfg = TimelapseConfig(**overrides)
         track_cfg = TrackConfig(expected_speed_um_per_frame=cfg.speed_um_per_frame)
+        plain_cfg = track_cfg.model_copy(update=LAPTRACK_ONLY)
         links, divs, ctcs, times, n_cells = [], [], [], [], 0
+        plain_links, plain_divs, n_gap, n_ref_gap = [], [], 0, 0
         for seed in range(seeds):
             sim = render_timelapse(cfg, seed=seed)
             t0 = time.perf_counter()
             res = track_label_series(sim.ctc_labels, cfg.pixel_size_um, track_cfg)
             times.append(time.perf_counter() - t0)
             n_cells += len(res.cells)
+            n_gap += res.division_repairs.get("gap_divisions", 0)
+            n_ref_gap += _divisions_across_gaps(sim.ctc_tracks)
             comp_labels, comp_tracks = res.ctc()
             links.append(linking_scores(sim.ctc_labels, sim.ctc_tracks, comp_labels, comp_tracks))
             divs.append(division_scores(sim.ctc_labels, sim.ctc_tracks, comp_labels, comp_tracks))
             ctcs.append(ctc_scores(sim.ctc_labels, sim.ctc_tracks, comp_labels, comp_tracks))
+            plain = track_label_series(sim.ctc_labels, cfg.pixel_size_um, plain_cfg)
+            p_labels, p_tracks = plain.ctc()
+            plain_links.append(linking_scores(sim.ctc_labels, sim.ctc_tracks, p_labels, p_tracks))
+            plain_divs.append(division_scores(sim.ctc_labels, sim.ctc_tracks, p_labels, p_tracks))
         out[name] = {
             "simulation": {k: v for k, v in cfg.model_dump(mode="json").items() if k in (
                 "n_frames", "image_shape_px", "n_cells", "speed_um_per_frame", "persistence", "division_probability",
-                "miss_probability", "enter_rate_per_frame", "position_noise_um", "cell_radius_um")},
+                "miss_probability", "division_miss_probability", "enter_rate_per_frame", "position_noise_um", "cell_radius_um")},
             "seeds": seeds,
             "detections": n_cells,
             "reference_divisions": int(sum(d["n_ref_divisions"] for d in divs)),
+            "reference_divisions_across_gaps": n_ref_gap,
+            "divisions_found_across_gaps": n_gap,
             "linking": _pool(links),
             "divisions": _pool(divs),
+            "laptrack_splits_only": {"linking": _pool(plain_links), "divisions": _pool(plain_divs)},
             "ctc_mean": {k: round(float(np.mean([c[k] for c in ctcs])), 4) for k in CTC_KEYS},
             "ctc_min": {k: round(float(np.min([c[k] for c in ctcs])), 4) for k in CTC_KEYS},
             "frames_per_s": round(seeds * cfg.n_frames / sum(times), 2),
             "cells_linked_per_s": round(n_cells / sum(times), 1),
         }
     return out
+
+
+def _divisions_across_gaps(tracks: pd.DataFrame) -> int:
+    """Reference divisions with a daughter first seen more than one frame after its mother's last frame."""
+    end = dict(zip(tracks["label"], tracks["end_frame"]))
+    kids = tracks[tracks["parent_label"] > 0]
+    n = 0
+    for par, g in kids.groupby("parent_label"):
+        if len(g) >= 2 and (g["begin_frame"] > end[par] + 1).any():
+            n += 1
+    return n
 
 
 def usiigaci() -> dict | None:
@@ -103,6 +135,7 @@ def usiigaci() -> dict | None:
         "defaults": TrackConfig(),
         "cell_diameter_from_masks": TrackConfig(cell_diameter_um=diameter_um),
         "no_divisions": TrackConfig(divisions=False),
+        "laptrack_splits_only": TrackConfig(**LAPTRACK_ONLY),
     }
     for name, cfg in settings.items():
         t0 = time.perf_counter()
@@ -164,7 +197,13 @@ def main() -> None:
     args = ap.parse_args()
     warm = render_timelapse(TimelapseConfig(n_frames=4, n_cells=4, image_shape_px=(64, 64)), seed=0)
     track_label_series(warm.labels, 1.0)  # imports (laptrack pulls scikit-learn) outside the timings
-    report = {"simulated": simulated(args.seeds)}
+    sims = simulated(args.seeds)
+    report = {"simulated": sims, "division_f1": {
+        "without_gaps": sims["default"]["divisions"]["f1"],
+        "with_gaps": sims["division_gaps"]["divisions"]["f1"],
+        "with_gaps_laptrack_splits_only": sims["division_gaps"]["laptrack_splits_only"]["divisions"]["f1"],
+        "without_gaps_laptrack_splits_only": sims["default"]["laptrack_splits_only"]["divisions"]["f1"],
+    }}
     if not args.skip_real:
         report["usiigaci"] = usiigaci()
         report["btrack"] = btrack()

@@ -237,6 +237,85 @@ def test_label_series_errors():
         track_label_series(reused, 1.0)
 
 
+def _division_table(gap_frames: int, daughter_area: float = 50.0, shift_first: int = 0):
+    """A mother (area 100 µm²) seen in frames 0..3 and two daughters first seen ``gap_frames`` frames later."""
+    rows = [dict(frame=t, cell_id=1, centroid_y_um=50.0, centroid_x_um=50.0 + t, area_um2=100.0) for t in range(4)]
+    start = 4 + gap_frames
+    for t in range(start, start + 4):
+        rows.append(dict(frame=t + shift_first, cell_id=2, centroid_y_um=50.0, centroid_x_um=46.0 - (t - start), area_um2=daughter_area))
+        rows.append(dict(frame=t, cell_id=3, centroid_y_um=50.0, centroid_x_um=60.0 + (t - start), area_um2=daughter_area))
+    rows += [dict(frame=t, cell_id=9, centroid_y_um=150.0, centroid_x_um=150.0, area_um2=100.0) for t in range(start + 4)]  # a bystander
+    return pd.DataFrame(rows).query(f"frame < {start + 4}").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("gap_frames, shift_first", [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)])
+def test_a_division_across_missed_detections_is_still_a_division(gap_frames, shift_first):
+    table = _division_table(gap_frames, shift_first=shift_first)
+    out = link_cells(table, TrackConfig(expected_speed_um_per_frame=2.0))
+    lin = lineage_table(out).set_index("track_id")
+    mother = out.loc[(out["frame"] == 0) & (out["cell_id"] == 1), "track_id"].item()
+    daughters = set(out.loc[out["cell_id"].isin([2, 3]), "track_id"])
+    assert len(daughters) == 2 and mother not in daughters
+    assert set(lin.index[lin["parent_track_id"] == mother]) == daughters
+    assert lin.loc[mother, "divides"] and lin.loc[mother, "division_frame"] == 3
+    # laptrack's own splitting covers a daughter seen in the next frame (its sister may come later, gap-closed)
+    expected = 1 if gap_frames >= 1 else 0
+    assert out.attrs["division_repairs"]["gap_divisions"] == expected
+    # without the repair one daughter is taken for the mother's continuation and the other is a new track
+    if expected:
+        plain = link_cells(table, TrackConfig(expected_speed_um_per_frame=2.0, gap_divisions=False))
+        assert not lineage_table(plain)["divides"].any()
+
+
+def test_gap_divisions_need_daughters_smaller_than_the_mother():
+    # same geometry, but the "daughters" are as large as the mother: a cell gap-closed and a cell appearing beside it
+    out = link_cells(_division_table(1, daughter_area=100.0), TrackConfig(expected_speed_um_per_frame=2.0))
+    assert not lineage_table(out)["divides"].any() and out.attrs["division_repairs"]["gap_divisions"] == 0
+    # a gap longer than max_gap_frames is not bridged; without areas nothing is repaired
+    out = link_cells(_division_table(2), TrackConfig(expected_speed_um_per_frame=2.0, max_gap_frames=1))
+    assert not lineage_table(out)["divides"].any()
+    out = link_cells(_division_table(1).drop(columns="area_um2"), TrackConfig(expected_speed_um_per_frame=2.0))
+    assert not lineage_table(out)["divides"].any()
+    # laptrack's own split of a cell into two as large as itself is undone (check_division_areas)
+    big = _division_table(0, daughter_area=100.0)
+    assert not lineage_table(link_cells(big, TrackConfig(expected_speed_um_per_frame=2.0)))["divides"].any()
+    kept = link_cells(big, TrackConfig(expected_speed_um_per_frame=2.0, check_division_areas=False))
+    assert lineage_table(kept)["divides"].sum() == 1
+
+
+def test_divisions_with_missed_detections_in_the_simulator_are_found():
+    cfg = TimelapseConfig(n_frames=30, image_shape_px=(160, 160), n_cells=10, division_probability=0.06,
+                          division_miss_probability=0.6, miss_probability=0.0, enter_rate_per_frame=0.0)
+    sim = render_timelapse(cfg, seed=5)
+    tr = sim.ctc_tracks
+    end = dict(zip(tr["label"], tr["end_frame"]))
+    kids = tr[tr["parent_label"] > 0]
+    late = sum(1 for p, g in kids.groupby("parent_label") if len(g) >= 2 and (g["begin_frame"] > end[p] + 1).any())
+    assert late >= 4  # divisions whose daughters first appear after a missed frame
+    # the misses use their own random stream: apart from the dropped detections the series is the one without them
+    base = render_timelapse(cfg.model_copy(update={"division_miss_probability": 0.0}), seed=5)
+    assert len(base.cells) > len(sim.cells) and set(map(tuple, sim.cells[["frame", "true_track_id"]].to_numpy())) < set(
+        map(tuple, base.cells[["frame", "true_track_id"]].to_numpy()))
+    scores = {}
+    for name, extra in {"repair": {}, "laptrack only": {"gap_divisions": False, "check_division_areas": False}}.items():
+        res = track_label_series(sim.ctc_labels, 1.0, TrackConfig(expected_speed_um_per_frame=3.0, **extra))
+        scores[name] = division_scores(sim.ctc_labels, sim.ctc_tracks, *res.ctc())["f1"]
+    assert scores["repair"] >= 0.9 and scores["laptrack only"] < 0.6, scores
+
+
+def test_progress_is_reported_per_frame():
+    series = _series({1: {t: (8, 8 + t) for t in range(5)}, 2: {t: (30, 30) for t in range(5)}}, 5)
+    calls = []
+    track_label_series(series, 1.0, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    stages = list(dict.fromkeys(c[0] for c in calls))
+    assert stages == ["checking ids", "measuring cells", "linking", "relabelling", "per-track series"]
+    for stage in ("checking ids", "measuring cells", "relabelling"):
+        done = [d for s, d, n in calls if s == stage]
+        assert done == sorted(done) and done[0] == 0 and done[-1] == 5 and set(range(6)) <= set(done)
+        assert {n for s, _, n in calls if s == stage} == {5}
+    assert [(d, n) for s, d, n in calls if s == "linking"] == [(0, 1), (1, 1)]
+
+
 # --- per-track series -----------------------------------------------------------------
 
 def test_trajectories_speed_msd_and_smoothed_stiffness():
@@ -365,6 +444,16 @@ def test_cli_simulate_track_and_bad_input(tmp_path):
     nopx.mkdir()
     tifffile.imwrite(nopx / "frame000.tif", frame)
     tifffile.imwrite(nopx / "frame001.tif", frame)
+    reused = tmp_path / "reused"
+    reused.mkdir()
+    tifffile.imwrite(reused / "frame000.tif", frame)
+    two = frame.copy()
+    two[20:26, 20:26] = 1  # id 1 for a second cell
+    tifffile.imwrite(reused / "frame001.tif", two)
+    gappy = tmp_path / "gappy"
+    gappy.mkdir()
+    for t in range(5):
+        tifffile.imwrite(gappy / f"frame{t:03d}.tif", frame if t in (0, 4) else np.zeros_like(frame))
     x = str(tmp_path / "x")
     cases = [
         (["simulate", "timelapse", "--out", str(sim_dir), "--n-frames", "8", "--n-cells", "6", "--image-size-px", "96"], 0, "wrote 8 frames"),
@@ -375,6 +464,9 @@ def test_cli_simulate_track_and_bad_input(tmp_path):
         (["track", str(nopx), "--out", x], 2, "pass --pixel-size-um"),
         (["track", str(stack), "--pixel-size-um", "1", "--out", x], 2, "axes"),
         (["track", str(single), "--pixel-size-um", "1", "--max-gap-frames", "-1", "--out", x], 2, "max_gap_frames"),
+        (["track", str(reused), "--pixel-size-um", "1", "--out", x], 2, "frame001.tif: id 1 is used for 2 separate cell-sized regions"),
+        (["track", str(gappy), "--pixel-size-um", "1", "--max-gap-frames", "2", "--out", x], 2,
+         "frames 1..3 hold no cells (3 frame(s)), more than the allowed gap of 2 frame(s); raise max_gap_frames (--max-gap-frames)"),
     ]
     code = "\n".join([
         "import sys", "from mechanoscope.cli.main import main",

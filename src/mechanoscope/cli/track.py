@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mechanoscope.cli._common import console, flag_given, user_errors
 
 __all__ = ["register", "track"]
 
 
-def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
+def _load_source(source: Path, axes: str | None, pixel_size_um: float | None, progress=None):
     """Label series, pixel size, a cell table to carry (or None) and what was read."""
     from mechanoscope.errors import MissingPixelSizeError
     from mechanoscope.io.ctc import is_ctc_folder, read_ctc_folder
@@ -26,7 +27,7 @@ def _load_source(source: Path, axes: str | None, pixel_size_um: float | None):
         folder = source / "labels" if (source / "labels").is_dir() else source
         if folder != source and (source / "cells.parquet").is_file():
             cells_path = source / "cells.parquet"
-        series, px, names = read_label_series(folder, axes=axes, pixel_size_um=pixel_size_um)
+        series, px, names = read_label_series(folder, axes=axes, pixel_size_um=pixel_size_um, progress=progress)
         what = str(folder)
     px = pixel_size_um if pixel_size_um is not None else px
     if px is None:
@@ -63,6 +64,7 @@ def track(
     max_gap_frames: int = typer.Option(2, help="Most consecutive frames a cell may be missed and keep its track (0: no gap closing)."),
     cell_diameter_um: float = typer.Option(15.0, help="Typical cell diameter (µm); limits how far daughters may lie from their mother."),
     divisions: bool = typer.Option(True, "--divisions/--no-divisions", help="Detect divisions."),
+    gap_divisions: bool = typer.Option(True, "--gap-divisions/--no-gap-divisions", help="Also find divisions whose daughters first appear after missed detections (up to --max-gap-frames; uses cell areas)."),
     area_weight: float = typer.Option(0.0, help="Weight of area change in the linking cost (0: position only)."),
     overlap_weight: float = typer.Option(0.0, help="Weight of mask overlap (1 - IoU) in the linking cost (0: off)."),
     intensity_weight: float = typer.Option(0.0, help="Weight of mean-intensity change in the linking cost (needs --images; 0: off)."),
@@ -87,26 +89,36 @@ def track(
             "max_gap_frames": ("max_gap_frames", max_gap_frames),
             "cell_diameter_um": ("cell_diameter_um", cell_diameter_um),
             "divisions": ("divisions", divisions),
+            "gap_divisions": ("gap_divisions", gap_divisions),
             "area_weight": ("area_weight", area_weight),
             "overlap_weight": ("overlap_weight", overlap_weight),
             "intensity_weight": ("intensity_weight", intensity_weight),
         }
         base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
         cfg = TrackConfig.build(**base)
-        series, px, cells_path, what, names = _load_source(source, axes, pixel_size_um)
-        table = None
-        if cells is not None or cells_path is not None:
-            from mechanoscope.io.tables import read_table
-            from mechanoscope.track import cells_of_frames
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("reading label images", total=None)
 
-            table = cells_of_frames(read_table(cells if cells is not None else cells_path), names)
-        intensity = _read_intensity(images, axes, series.shape) if images is not None else None
-        result = track_label_series(series, px, cfg, cells=table, intensity=intensity, frame_interval_min=frame_interval_min)
-        folder = write_track_outputs(result, out, source=what)
+            def stage(description: str):
+                return lambda done, total: bar.update(task, description=description, completed=done, total=total)
+
+            series, px, cells_path, what, names = _load_source(source, axes, pixel_size_um, stage("reading label images"))
+            table = None
+            if cells is not None or cells_path is not None:
+                from mechanoscope.io.tables import read_table
+                from mechanoscope.track import cells_of_frames
+
+                table = cells_of_frames(read_table(cells if cells is not None else cells_path), names)
+            intensity = _read_intensity(images, axes, series.shape) if images is not None else None
+            result = track_label_series(series, px, cfg, cells=table, intensity=intensity, frame_interval_min=frame_interval_min,
+                                        progress=lambda name, done, total: stage(name)(done, total), frame_names=names or None)
+            folder = write_track_outputs(result, out, source=what, progress=stage("writing label images"))
         lin = result.lineage
         console.print(
             f"{series.shape[0]} frames, {len(result.cells)} cells → {len(lin)} tracks in {lin['lineage_id'].nunique()} lineages, "
-            f"{int(lin['divides'].sum())} divisions, {int((lin['n_missed_frames'] > 0).sum())} closed gaps"
+            f"{int(lin['divides'].sum())} divisions ({result.division_repairs.get('gap_divisions', 0)} across missed detections), "
+            f"{int((lin['n_missed_frames'] > 0).sum())} closed gaps"
         )
         if reference is not None:
             from mechanoscope.io.atomic import write_json

@@ -296,6 +296,8 @@ Add measured stiffness (column <code>stiffness_pa</code>, in Pa) or true classes
 
 {{ comparison_html | safe }}
 
+{{ tracking_html | safe }}
+
 {% if figures %}
 <h2>Figures</h2>
 <div class="figs">
@@ -349,6 +351,7 @@ def write_report(
     evaluation: Mapping[str, Any] | None = None,
     comparison: Mapping[str, Any] | None = None,
     superplot_png: bytes | None = None,
+    tracking: Any | None = None,
 ) -> Path:
     """Write a self-contained HTML report of an evaluated run folder.
 
@@ -370,6 +373,11 @@ def write_report(
         A condition comparison (``ConditionComparison.to_dict()``) and its SuperPlot for
         the comparison section; default: ``RUN/comparison/comparison.json`` and
         ``superplot.png`` when ``mechanoscope compare RUN`` wrote them.
+    tracking
+        Tracking results (:class:`mechanoscope.track.TrackOutputs`) for the tracking section
+        (tracks coloured by stiffness, stiffness against time per condition); default: what
+        :func:`mechanoscope.track.find_track_outputs` finds in the run (``mechanoscope track``
+        output in RUN or RUN/track, or a cell table with ``track_id``). No tracks, no section.
 
     Returns
     -------
@@ -438,6 +446,13 @@ def write_report(
     if comparison is None and (found := read_comparison(run / "comparison")) is not None:
         comparison, superplot_png = found
     comparison_html = comparison_section_html(comparison, superplot_png) if comparison else ""
+    if tracking is None:
+        from mechanoscope.track.outputs import find_track_outputs
+
+        tracking = find_track_outputs(run)
+    from mechanoscope.report.track_figures import track_section_html
+
+    tracking_html = track_section_html(tracking) if tracking is not None else ""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     html = env.from_string(_TEMPLATE).render(
         ev=ev,
@@ -467,6 +482,7 @@ def write_report(
         figures=figures,
         notes=notes,
         comparison_html=comparison_html,
+        tracking_html=tracking_html,
     )
     with atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -56,6 +56,11 @@ class TimelapseConfig(StrictConfig):
     regrowth_frames: int = Field(8, ge=1, description="Frames a daughter takes to grow back to full size.")
     enter_rate_per_frame: float = Field(0.3, ge=0, description="Mean number of cells entering through the borders per frame (Poisson).")
     miss_probability: float = Field(0.01, ge=0, lt=1, description="Probability that a cell is missing from a frame's labels (a missed detection).")
+    division_miss_probability: float = Field(
+        0.0, ge=0, lt=1,
+        description="Probability that each detection of a division (the mother's last, each daughter's first) is missed as "
+        "well, so that daughters first appear one or two frames after the mother was last seen (0 = off).",
+    )
     position_noise_um: float = Field(0.3, ge=0, description="Per-frame jitter (µm) of the rendered outline position around the cell's path.")
     stiffness_median_pa: float = Field(1000.0, gt=0, description="Median Young's modulus (Pa) of the first cells.")
     stiffness_sigma_log: float = Field(0.35, ge=0, description="Standard deviation of ln(E) between the first cells.")
@@ -266,6 +271,8 @@ def render_timelapse(config: TimelapseConfig | None = None, seed: int = 0) -> Si
         _separate(nxt)
         # a cell whose centre has left the field has left for good
         alive = [c for c in nxt if 0 <= c.y < h_um and 0 <= c.x < w_um]
+    if cfg.division_miss_probability > 0 and rows:
+        rows = _miss_around_divisions(rows, parents, by_true, shuffled, cfg.division_miss_probability, seed)
     ctc_labels, ctc_tracks = ctc_tracks_from_labels(by_true, parents)
     cells = pd.DataFrame(rows)
     # the CTC label of each detection (gaps split a true track into several CTC tracks)
@@ -288,6 +295,36 @@ def render_timelapse(config: TimelapseConfig | None = None, seed: int = 0) -> Si
         lin["divides"] = lin["true_track_id"].map(lambda k: int(kids.get(k, 0)) >= 2)
     images = _intensity(shuffled, rng)
     return SimulatedTimelapse(shuffled, ctc_labels, ctc_tracks, cells, lin.reset_index(drop=True), images, cfg)
+
+
+def _miss_around_divisions(rows: list[dict], parents: dict[int, int], by_true: np.ndarray, shuffled: np.ndarray,
+                           probability: float, seed: int) -> list[dict]:
+    """Drop, each with ``probability``, the mother's last and each daughter's first detection of every division.
+
+    A detection is kept when it is its track's only one (the track would vanish). Uses its
+    own random stream, so the rest of the simulation is the same as without these misses.
+    """
+    rng = np.random.default_rng([seed, 18])
+    frames_of: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        frames_of.setdefault(r["true_track_id"], []).append(i)
+    children: dict[int, list[int]] = {}
+    for d, m in sorted(parents.items()):
+        children.setdefault(m, []).append(d)
+    drop: set[int] = set()
+    for mother, kids in sorted(children.items()):
+        if len(kids) < 2 or mother not in frames_of:
+            continue
+        for tid, pick in ((mother, -1), *((k, 0) for k in kids)):
+            idx = frames_of.get(tid, [])
+            if len(idx) > 1 and rng.random() < probability:
+                drop.add(idx[pick])
+    for i in drop:
+        r = rows[i]
+        t = r["frame"]
+        shuffled[t][by_true[t] == r["true_track_id"]] = 0
+        by_true[t][by_true[t] == r["true_track_id"]] = 0
+    return [r for i, r in enumerate(rows) if i not in drop]
 
 
 def _intensity(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -45,6 +45,16 @@ class TrackConfig(StrictConfig):
         description="Largest distance (µm) from a mother's centroid to a daughter's centroid in the next frame "
         "[default: max_distance_um + cell_diameter_um / 2].",
     )
+    gap_divisions: bool = Field(
+        True,
+        description="Also find divisions whose daughters first appear 1..max_gap_frames frames after the mother was last "
+        "seen (a missed detection around the division); needs area_um2 (daughters smaller than the mother).",
+    )
+    check_division_areas: bool = Field(
+        True,
+        description="Undo a division whose daughters are not both smaller than the mother (area_um2; see "
+        "mechanoscope.track.divisions); the farther daughter starts a new track.",
+    )
     area_weight: float = Field(
         0.0, ge=0,
         description="Weight of area change in the linking cost: the squared distance is multiplied by "

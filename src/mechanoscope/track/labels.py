@@ -8,7 +8,7 @@ so that one cell keeps one id across frames.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,9 @@ def as_series(frames: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | 
     return series
 
 
-def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequence[str] | None = None) -> None:
-    """Reject an id used for two cells in one frame.
+def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequence[str] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> None:
+    """Reject an id used for two cells in one frame (``progress(done, total)`` after each frame).
 
     An id whose mask falls into two or more separate regions each at least ``min_fraction``
     of the frame's median cell area is taken as two cells sharing an id (a
@@ -66,6 +67,8 @@ def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequ
     from skimage.measure import label as connected
 
     for t in range(series.shape[0]):
+        if progress is not None and t:
+            progress(t, series.shape[0])
         lab = series[t].astype(np.int64)
         if not lab.any():
             continue
@@ -83,10 +86,15 @@ def check_ids_unique(series: np.ndarray, min_fraction: float = 0.25, names: Sequ
                 f"{where}: id {u} is used for {int(n_big[n_big > 1][0])} separate cell-sized regions; "
                 "give each cell its own id (e.g. skimage.measure.label on each frame)"
             )
+    if progress is not None:
+        progress(series.shape[0], series.shape[0])
 
 
-def measure_series(series: np.ndarray, pixel_size_um: float, intensity: np.ndarray | None = None) -> pd.DataFrame:
+def measure_series(series: np.ndarray, pixel_size_um: float, intensity: np.ndarray | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per cell and frame: ``frame``, ``cell_id``, centroid in px and µm, ``area_um2``.
+
+    ``progress(done, total)`` is called after each frame.
 
     ``centroid_y_px`` / ``centroid_x_px`` are pixel indices (row, column); µm values are
     those times ``pixel_size_um``. With ``intensity`` (a ``(T, Y, X)`` image series of the
@@ -102,6 +110,8 @@ def measure_series(series: np.ndarray, pixel_size_um: float, intensity: np.ndarr
     yy, xx = np.indices(series.shape[1:], dtype=np.float64)
     yy, xx = yy.ravel(), xx.ravel()
     for t in range(series.shape[0]):
+        if progress is not None and t:
+            progress(t, series.shape[0])
         lab = series[t].ravel().astype(np.int64)
         values = None
         if lab.size and lab.max() > 4 * lab.size:  # huge ids: count over consecutive ones
@@ -123,6 +133,8 @@ def measure_series(series: np.ndarray, pixel_size_um: float, intensity: np.ndarr
             "centroid_y_um": cy * pixel_size_um, "centroid_x_um": cx * pixel_size_um,
             "area_um2": area * pixel_size_um**2, **extra,
         }))
+    if progress is not None:
+        progress(series.shape[0], series.shape[0])
     if not parts:
         raise TrackingError("the label series holds no cells (every frame is background)")
     return pd.concat(parts, ignore_index=True)
@@ -149,10 +161,11 @@ def overlap_table(series: np.ndarray) -> dict[tuple[int, int, int, int], float]:
     return out
 
 
-def relabel_series(series: np.ndarray, tracked: pd.DataFrame) -> np.ndarray:
+def relabel_series(series: np.ndarray, tracked: pd.DataFrame, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Replace each frame's cell ids by their ``track_id``: one cell, one id, every frame.
 
     Cells missing from ``tracked`` become background. uint16 when the ids fit, else uint32.
+    ``progress(done, total)`` is called after each frame that holds cells.
     """
     top = int(tracked["track_id"].max()) if len(tracked) else 0
     out = np.zeros(series.shape, dtype=np.uint16 if top < 2**16 else np.uint32)
@@ -162,17 +175,22 @@ def relabel_series(series: np.ndarray, tracked: pd.DataFrame) -> np.ndarray:
         keep = ids < len(lut)
         lut[ids[keep]] = rows["track_id"].to_numpy()[keep]
         out[int(t)] = lut[series[int(t)]]
+        if progress is not None:
+            progress(int(t) + 1, series.shape[0])
+    if progress is not None:
+        progress(series.shape[0], series.shape[0])
     return out
 
 
 def read_label_series(
-    source: str | os.PathLike[str], *, axes: str | None = None, pixel_size_um: float | None = None
+    source: str | os.PathLike[str], *, axes: str | None = None, pixel_size_um: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, float | None, list[str]]:
     """Read a label series: a folder of label images (one per frame, sorted by name) or one stack file.
 
     Returns the ``(T, Y, X)`` series, the pixel size from the files' metadata (None if
     absent) and the file names. A stack whose time axis is not named is an error
-    that asks for ``axes``.
+    that asks for ``axes``. ``progress(done, total)`` is called after each file read.
     """
     from mechanoscope.errors import AxesError
     from mechanoscope.io.images import image_paths, read_label_image
@@ -195,10 +213,14 @@ def read_label_series(
             raise TrackingError(f"{paths[0]}: a label image must hold integer ids, got {data.dtype}")
         return as_series(data), img.pixel_size_um, [f"{paths[0].name}[T={t}]" for t in range(data.shape[0])]
     frames, px = [], None
-    for q in paths:
+    for k, q in enumerate(paths):
+        if progress is not None and k:
+            progress(k, len(paths))
         img = read_label_image(q, pixel_size_um=pixel_size_um)
         if img.data.ndim != 2:
             raise TrackingError(f"{q}: in a folder of frames each file must be one 2-D label image, got shape {img.data.shape}")
         frames.append(img.data)
         px = px if px is not None else img.pixel_size_um
+    if progress is not None:
+        progress(len(paths), len(paths))
     return as_series(frames, [str(q) for q in paths]), px, [str(q) for q in paths]

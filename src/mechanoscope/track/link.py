@@ -4,7 +4,10 @@ Linking is the linear-assignment tracker of Jaqaman et al. (Nat. Methods 5, 695,
 as implemented by laptrack (Fukai & Kawaguchi, Bioinformatics 39, btac799, 2023):
 frame-to-frame links, then gap closing (a cell missed for up to ``max_gap_frames``
 frames) and splitting (divisions) in one global assignment. Costs are squared
-distances in µm², optionally scaled by area change and mask overlap.
+distances in µm², optionally scaled by area change and mask overlap. With cell areas,
+divisions whose daughters first appear after a missed detection are then added, and
+splits whose daughters are not smaller than the mother undone
+(:mod:`mechanoscope.track.divisions`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pandas as pd
 
 from mechanoscope.errors import TrackingError
 from mechanoscope.track.config import TrackConfig
+from mechanoscope.track.divisions import repair_divisions
 
 __all__ = ["COORDINATE_COLUMNS", "link_cells", "lineage_table", "check_cell_table"]
 
@@ -156,7 +160,8 @@ def link_cells(
         A copy of ``table`` (same row order) with ``track_id`` (1, 2, …; one id per
         unbranched piece of a lineage, kept across closed gaps), ``parent_track_id``
         (the mother's track for daughters, 0 = none) and ``lineage_id`` (the track id
-        of the lineage's root).
+        of the lineage's root). ``attrs["division_repairs"]`` counts the splits undone and
+        the divisions added across gaps (:func:`mechanoscope.track.divisions.repair_divisions`).
 
     Raises
     ------
@@ -182,8 +187,16 @@ def link_cells(
     rows_of = [np.flatnonzero(frames == t) for t in range(last)]
     coords = [features[r] for r in rows_of]
     tree = _laptrack(config, overlap).predict(coords)
+    repairs = {"splits_undone": 0, "gap_divisions": 0}
     for t, r in enumerate(rows_of):
         tree.add_nodes_from((t, i) for i in range(len(r)))
+    if config.divisions and "area_um2" in table.columns and (config.gap_divisions or config.check_division_areas):
+        area = table["area_um2"].to_numpy(dtype=float)
+        repairs = repair_divisions(
+            tree, coords, [area[r] for r in rows_of],
+            max_gap_frames=config.max_gap_frames if config.gap_divisions else 0,
+            division_max_distance_um=config.division_max_distance_um_used(), check_splits=config.check_division_areas,
+        )
     seg_of, parent_of = _segments(tree)
     track = np.zeros(len(table), dtype=np.int64)
     for (t, i), seg in seg_of.items():
@@ -196,6 +209,7 @@ def link_cells(
     parent = {renum[s]: renum[p] for s, p in parent_of.items()}
     out["parent_track_id"] = out["track_id"].map(lambda k: parent.get(k, 0)).astype(np.int64)
     out["lineage_id"] = out["track_id"].map(lambda k: _root(k, parent)).astype(np.int64)
+    out.attrs["division_repairs"] = repairs
     return out
 
 

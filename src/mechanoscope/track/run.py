@@ -7,6 +7,7 @@ series; ``write_track_outputs`` writes them into a folder::
     OUT/lineage.parquet       one row per track (parent, children, division frame, generation)
     OUT/trajectories.parquet  one row per track and frame (speed, smoothed stiffness)
     OUT/tracks.parquet        one row per track (speed, persistence, MSD exponent, stiffness trend)
+    OUT/stiffness_over_time.parquet  median stiffness per frame and condition with its IQR band
     OUT/labels/frame000.tif   relabelled series: one cell keeps one id (= track_id) in every frame
     OUT/ctc/mask000.tif, res_track.txt   the same tracks in Cell Tracking Challenge format
     OUT/track.json            parameters (with derived distances), counts, timing
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from mechanoscope.errors import TrackingError
 from mechanoscope.track.config import TrackConfig
 from mechanoscope.track.labels import as_series, check_ids_unique, measure_series, overlap_table, relabel_series
 from mechanoscope.track.link import lineage_table, link_cells
-from mechanoscope.track.series import track_summary, trajectories
+from mechanoscope.track.series import stiffness_over_time, track_summary, trajectories
 
 __all__ = ["TrackResult", "cells_of_frames", "track_label_series", "write_track_outputs"]
 
@@ -45,6 +47,7 @@ class TrackResult:
     pixel_size_um: float
     config: TrackConfig
     timing_s: dict = field(default_factory=dict)
+    division_repairs: dict = field(default_factory=dict)
 
     def ctc(self) -> tuple[np.ndarray, pd.DataFrame]:
         """The result as a CTC label series and ``L B E P`` table (gaps split into child tracks)."""
@@ -63,6 +66,8 @@ def track_label_series(
     intensity: np.ndarray | None = None,
     frame_interval_min: float | None = None,
     window_frames: int = 5,
+    progress: Callable[[str, int, int], None] | None = None,
+    frame_names: list[str] | None = None,
 ) -> TrackResult:
     """Track the cells of a ``(T, Y, X)`` label series (ids unique within each frame).
 
@@ -84,13 +89,28 @@ def track_label_series(
         used by ``config.intensity_weight``.
     frame_interval_min, window_frames
         See :func:`mechanoscope.track.series.trajectories`.
+    progress
+        Called as ``progress(stage, done, total)``: per frame while checking ids
+        (``"checking ids"``), measuring (``"measuring cells"``) and relabelling
+        (``"relabelling"``); ``"linking"`` (laptrack's one global assignment) and
+        ``"per-track series"`` report 0 of 1 when they start and 1 of 1 when done.
+    frame_names
+        Name of each frame (e.g. its file) used in error messages instead of "frame t".
     """
     config = config or TrackConfig()
     series = as_series(series)
+    say = progress or (lambda stage, done, total: None)
+
+    def per_frame(stage: str):
+        return lambda done, total: say(stage, done, total)
+
     t0 = time.perf_counter()
     series, original_ids = _compact_ids(series)
-    check_ids_unique(series)
-    table = measure_series(series, pixel_size_um, intensity)
+    say("checking ids", 0, series.shape[0])
+    names = frame_names if frame_names and len(frame_names) == series.shape[0] else None
+    check_ids_unique(series, names=names, progress=per_frame("checking ids"))
+    say("measuring cells", 0, series.shape[0])
+    table = measure_series(series, pixel_size_um, intensity, progress=per_frame("measuring cells"))
     if original_ids is not None:  # back to the ids of the files for joins and outputs
         table["cell_id"] = [int(original_ids[f][i]) for f, i in zip(table["frame"], table["cell_id"])]
     if cells is not None:
@@ -107,22 +127,28 @@ def track_label_series(
         table = table.merge(cells[["frame", "cell_id", *extra]], on=["frame", "cell_id"], how="left")
     overlap = overlap_table(series) if config.overlap_weight > 0 else None
     t1 = time.perf_counter()
+    say("linking", 0, 1)
     tracked = link_cells(table, config, overlap=overlap, n_frames=series.shape[0])
+    say("linking", 1, 1)
     t2 = time.perf_counter()
     lineage = lineage_table(tracked)
+    say("relabelling", 0, series.shape[0])
     if original_ids is not None:
         compact = tracked.copy()
         compact["cell_id"] = [int(np.searchsorted(original_ids[f], i)) for f, i in zip(tracked["frame"], tracked["cell_id"])]
-        labels = relabel_series(series, compact)
+        labels = relabel_series(series, compact, progress=per_frame("relabelling"))
     else:
-        labels = relabel_series(series, tracked)
+        labels = relabel_series(series, tracked, progress=per_frame("relabelling"))
+    say("per-track series", 0, 1)
     traj = trajectories(tracked, window_frames=window_frames, frame_interval_min=frame_interval_min)
     summary = track_summary(traj, lineage)
+    say("per-track series", 1, 1)
     t3 = time.perf_counter()
     return TrackResult(
         cells=tracked, lineage=lineage, trajectories=traj, tracks=summary, labels=labels,
         pixel_size_um=float(pixel_size_um), config=config,
         timing_s={"measure": t1 - t0, "link": t2 - t1, "series": t3 - t2, "total": t3 - t0},
+        division_repairs=dict(tracked.attrs.get("division_repairs", {})),
     )
 
 
@@ -178,8 +204,12 @@ def _compact_ids(series: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | Non
     return out, ids
 
 
-def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, source: str | None = None) -> Path:
-    """Write a :class:`TrackResult` into ``out`` (layout in the module docstring), each file atomically."""
+def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, source: str | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write a :class:`TrackResult` into ``out`` (layout in the module docstring), each file atomically.
+
+    ``progress(done, total)`` is called after each relabelled frame written.
+    """
     from mechanoscope.io.atomic import make_output_folder, write_json
     from mechanoscope.io.ctc import write_ctc_folder
     from mechanoscope.io.images import write_label_image
@@ -196,9 +226,12 @@ def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, sou
     write_table(result.lineage, folder / "lineage.parquet")
     write_table(result.trajectories, folder / "trajectories.parquet")
     write_table(result.tracks, folder / "tracks.parquet")
+    write_table(stiffness_over_time(result.trajectories), folder / "stiffness_over_time.parquet")
     digits = 3 if result.labels.shape[0] <= 1000 else 4
     for t in range(result.labels.shape[0]):
         write_label_image(folder / "labels" / f"frame{t:0{digits}d}.tif", result.labels[t], pixel_size_um=result.pixel_size_um)
+        if progress is not None:
+            progress(t + 1, n)
     ctc_labels, ctc_tracks = result.ctc()
     write_ctc_folder(folder / "ctc", ctc_labels, ctc_tracks, kind="res")
     lin = result.lineage
@@ -212,6 +245,8 @@ def write_track_outputs(result: TrackResult, out: str | os.PathLike[str], *, sou
         "n_lineages": int(lin["lineage_id"].nunique()),
         "n_divisions": int(lin["divides"].sum()),
         "n_closed_gaps": int((lin["n_missed_frames"] > 0).sum()),
+        "n_divisions_across_gaps": int(result.division_repairs.get("gap_divisions", 0)),
+        "n_splits_undone_by_area": int(result.division_repairs.get("splits_undone", 0)),
         "timing_s": result.timing_s,
     }, folder / "track.json")
     return folder

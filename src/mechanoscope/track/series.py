@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["msd_curve", "track_summary", "trajectories"]
+__all__ = ["msd_curve", "stiffness_over_time", "track_summary", "trajectories"]
 
 
 def trajectories(tracked: pd.DataFrame, *, window_frames: int = 5, frame_interval_min: float | None = None) -> pd.DataFrame:
@@ -143,3 +143,45 @@ def track_summary(traj: pd.DataFrame, lineage: pd.DataFrame | None = None, *, ma
         cols = [c for c in lineage.columns if c not in ("n_detections",)]
         out = lineage[cols].merge(out, on="track_id", how="right")
     return out
+
+
+def stiffness_over_time(traj: pd.DataFrame, *, value: str = "stiffness_pa", by: str = "condition") -> pd.DataFrame:
+    """Median stiffness of the tracked cells per frame and condition, with the interquartile band.
+
+    Parameters
+    ----------
+    traj
+        Output of :func:`trajectories` (``frame`` and ``value``; ``by`` and ``time_min``
+        when present).
+    value
+        Column summarised (Pa): ``stiffness_pa`` (each cell's prediction in that frame) or
+        ``stiffness_smooth_pa`` (its track's running mean).
+    by
+        Grouping column; without it every cell is in one group named ``"all cells"``.
+
+    Returns
+    -------
+    DataFrame
+        One row per group and frame, sorted: ``condition`` (the group), ``frame``,
+        ``time_min`` (if known), ``n_cells`` (cells with a positive finite value),
+        ``median_pa``, ``q25_pa``, ``q75_pa``. Empty (same columns) without ``value``.
+    """
+    cols = ["condition", "frame", *(["time_min"] if "time_min" in traj.columns else []), "n_cells", "median_pa", "q25_pa", "q75_pa"]
+    if value not in traj.columns:
+        return pd.DataFrame(columns=cols)
+    e = pd.to_numeric(traj[value], errors="coerce")
+    ok = np.isfinite(e) & (e > 0)
+    groups = traj[by].astype(str) if by in traj.columns else pd.Series("all cells", index=traj.index)
+    d = pd.DataFrame({"condition": groups[ok], "frame": traj.loc[ok, "frame"].astype(np.int64), "e": e[ok]})
+    if "time_min" in traj.columns:
+        d["time_min"] = traj.loc[ok, "time_min"]
+    g = d.groupby(["condition", "frame"], sort=True)
+    out = pd.DataFrame({
+        "n_cells": g["e"].size().astype(np.int64),
+        "median_pa": g["e"].median(),
+        "q25_pa": g["e"].quantile(0.25),
+        "q75_pa": g["e"].quantile(0.75),
+    })
+    if "time_min" in d.columns:
+        out["time_min"] = g["time_min"].first()
+    return out.reset_index()[cols]
