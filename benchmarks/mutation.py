@@ -133,6 +133,7 @@ RECHECK = ROOT / "mutants" / "recheck.json"
 #: The fast test files that check each core module (for --recheck).
 RECHECK_TESTS = {
     "mechanoscope.evaluate.segmentation": ["tests/test_evaluate_segmentation.py", "tests/test_evaluate_segmentation_properties.py"],
+    "mechanoscope.evaluate.segmentation_pooled": ["tests/test_evaluate_segmentation.py", "tests/test_evaluate_segmentation_properties.py"],
     "mechanoscope.evaluate.stiffness": ["tests/test_stiffness_metrics_properties.py", "tests/test_evaluate_stiffness.py"],
     "mechanoscope.evaluate.conditions": ["tests/test_stiffness_metrics_properties.py", "tests/test_evaluate_stiffness.py"],
     "mechanoscope.learn.uncertainty": ["tests/test_uncertainty.py"],

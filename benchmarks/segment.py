@@ -166,7 +166,7 @@ def train(images, labels, px, cfg, out: Path, input_paths=None) -> tuple[Any, di
 # --------------------------------------------------------------------------- evaluation
 def summarize(per: list[dict]) -> dict:
     """Scores pooled over images (TP/FP/FN summed, as StarDist's matching_dataset)."""
-    from mechanoscope.evaluate.segmentation import aggregate_segmentation_scores
+    from mechanoscope.evaluate.segmentation_pooled import aggregate_segmentation_scores
 
     agg = aggregate_segmentation_scores(per)
     out = {k: rnd(agg[k]) for k in SCORE_KEYS}

@@ -18,11 +18,8 @@ from mechanoscope import __version__
 from mechanoscope.cli._common import console as err_console
 from mechanoscope.cli._common import user_errors
 from mechanoscope.errors import MechanoscopeError
-from mechanoscope.evaluate.segmentation import (
-    aggregate_segmentation_scores,
-    segmentation_scores,
-    segmentation_table,
-)
+from mechanoscope.evaluate.segmentation import segmentation_scores
+from mechanoscope.evaluate.segmentation_pooled import aggregate_segmentation_scores, segmentation_table
 from mechanoscope.io import image_paths, read_label_image, write_json, write_table
 
 __all__ = ["evaluate_app", "register", "pair_label_files"]

@@ -4,11 +4,13 @@ from mechanoscope.evaluate.segmentation import (
     AP_THRESHOLDS,
     InstanceMatch,
     OverlapTable,
-    aggregate_segmentation_scores,
     iou_matrix,
     match_instances,
     overlap_table,
     segmentation_scores,
+)
+from mechanoscope.evaluate.segmentation_pooled import (
+    aggregate_segmentation_scores,
     segmentation_scores_dataset,
     segmentation_table,
 )

@@ -185,10 +185,8 @@ def optimize_thresholds(
     """
     import itertools
 
-    from mechanoscope.evaluate.segmentation import (
-        aggregate_segmentation_scores,
-        segmentation_scores,
-    )
+    from mechanoscope.evaluate.segmentation import segmentation_scores
+    from mechanoscope.evaluate.segmentation_pooled import aggregate_segmentation_scores
 
     trues = [lab.as_2d() if isinstance(lab, Image) else np.asarray(lab) for lab in labels]
     probs = [predict_probabilities(img, pixel_size_um=px, model=model) for img, px in zip(images, pxs)]
@@ -218,10 +216,8 @@ def _validation_scores(
 ) -> dict[str, Any]:
     """Instance scores on the validation images (needs mechanoscope.evaluate)."""
     try:
-        from mechanoscope.evaluate.segmentation import (
-            aggregate_segmentation_scores,
-            segmentation_scores,
-        )
+        from mechanoscope.evaluate.segmentation import segmentation_scores
+        from mechanoscope.evaluate.segmentation_pooled import aggregate_segmentation_scores
     except ImportError:  # pragma: no cover - evaluate is part of the product
         return {}
     per = []
