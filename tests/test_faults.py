@@ -142,10 +142,10 @@ def test_segment_run_records_bad_images_and_finishes_the_good_ones(batch, tmp_pa
     out = tmp_path / "seg"
     proc = cli("segment", "run", batch / "images", "--out", out, "--frame", "5", limit_memory=True)
     assert proc.returncode == 1, proc.stderr
-    record_path = out / "segment.json"
+    record_path = out / "run.json"
     assert last_line(proc).startswith(f"{len(BAD)} of {len(GOOD) + len(BAD)} image(s) failed")
     assert str(record_path) in last_line(proc)
-    record = json.loads(record_path.read_text())
+    record = json.loads(record_path.read_text())["stages"]["segment"]
     for stem in GOOD:
         assert record["images"][stem]["status"] == "done"
         labels = tifffile.imread(out / "labels" / f"{stem}.tif")
@@ -170,8 +170,9 @@ def test_segment_exits_1_when_every_image_fails_and_a_failed_run_does_not_block_
     out = tmp_path / "run"
     first = cli("segment", "run", images, "--out", out)
     assert first.returncode == 1
-    assert last_line(first).startswith("2 of 2 image(s) failed") and "segment.json" in last_line(first)
-    assert all(v["stage"] == "read" and "pixel size" in v["error"] for v in json.loads((out / "segment.json").read_text())["images"].values())
+    assert last_line(first).startswith("2 of 2 image(s) failed") and "run.json" in last_line(first)
+    assert all(v["stage"] == "read" and "pixel size" in v["error"] for v in json.loads((out / "run.json").read_text())["stages"]["segment"]["images"].values())
+    assert json.loads((out / "segment.json").read_text())["n_failed"] == 2  # the summary older readers know
     second = cli_here("segment", "run", images, "--out", out, "--pixel-size-um", str(PX_UM))
     assert second.exit_code == 0, second.output
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["f0.tif", "f1.tif"]
@@ -182,9 +183,10 @@ def test_extract_records_bad_pairs_and_keeps_huge_label_ids(batch, tmp_path):
     out = tmp_path / "ext"
     proc = cli("extract", batch / "images", batch / "labels", "--out", out, limit_memory=True)
     assert proc.returncode == 1, proc.stderr
-    summary_path = out / "extract.json"
-    summary = json.loads(summary_path.read_text())
+    summary_path = out / "run.json"
+    summary = json.loads((out / "extract.json").read_text())
     failed = _failed(summary["status"])
+    assert _failed(json.loads(summary_path.read_text())["stages"]["extract"]["images"].values()).keys() == failed.keys()
     # the 2 × 2 image is either extracted (one 2-pixel cell, failing QC) or recorded
     assert {"huge_header", "stack", "text", "truncated"} <= set(failed) <= set(BAD)
     n_total = len(GOOD) + len(BAD)
@@ -235,9 +237,10 @@ def test_predict_images_records_bad_images_and_overwrite_reruns(batch, tmp_path)
     assert proc.returncode == 1, proc.stderr
     info = json.loads((out / "predict.json").read_text())
     failed = _failed(info["status"])
+    assert _failed(json.loads((out / "run.json").read_text())["stages"]["predict"]["images"].values()).keys() == failed.keys()
     assert sorted(failed) == BAD and info["n_failed"] == len(BAD)
     assert all(r["stage"] == "segment: read" and r["image"] == str(batch / "images" / f"{s}.tif") for s, r in failed.items())
-    assert last_line(proc).startswith(f"{len(BAD)} of {len(GOOD) + len(BAD)} image(s) failed") and str(out / "predict.json") in last_line(proc)
+    assert last_line(proc).startswith(f"{len(BAD)} of {len(GOOD) + len(BAD)} image(s) failed") and str(out / "run.json") in last_line(proc)
     table = pd.read_parquet(out / "cells.parquet")
     assert set(table["image_id"]) == set(GOOD) and table["pred_label"].notna().all()
     # other segmentation settings into the same folder: refused unless --overwrite (the
@@ -319,7 +322,7 @@ def test_an_unexpected_error_in_one_image_is_recorded_and_the_batch_goes_on(batc
     out = tmp_path / "seg"
     proc = cli("segment", "run", batch / "images", "--out", out, code=_PLANT.format(when="len(calls) == 1"))
     assert proc.returncode == 1
-    record = json.loads((out / "segment.json").read_text())
+    record = json.loads((out / "run.json").read_text())["stages"]["segment"]
     first = record["images"]["bigid"]  # images run in name order
     assert first["status"] == "failed" and first["stage"] == "segment" and "RuntimeError: planted bug" in first["error"]
     assert all(record["images"][s]["status"] == "done" for s in GOOD[1:])

@@ -142,8 +142,8 @@ def test_an_interrupted_predict_resumes_to_the_same_run(sim, models, reference, 
 
     with pytest.raises(KeyboardInterrupt):
         predict_run(sim / "images", [models[1]], out, progress=stop_after_two)
-    record = json.loads((out / "predict.json").read_text())
-    assert [e["status"] for e in record["status"]] == ["done", "done"] and not record["complete"]
+    record = json.loads((out / "run.json").read_text())["stages"]["predict"]
+    assert [e["status"] for e in record["images"].values()] == ["done", "done"] and not record["complete"]
     assert not (out / "cells.parquet").exists() and not _temporaries(out)
     done = []
     info = predict_run(sim / "images", [models[1]], out, progress=lambda stage, i, n: done.append(i))
@@ -158,27 +158,28 @@ def test_an_interrupted_predict_resumes_to_the_same_run(sim, models, reference, 
 # consolidation of the crop store (a temporary store left)
 KILL = {
     "after_status": """
-        from mechanoscope.pipeline import field_run
-        real = field_run.write_json
-        n = [0]
-        def write_json(obj, path):
-            real(obj, path)
-            if sum(e["status"] == "done" for e in obj["status"]) == 2:
+        from mechanoscope.io.run_folder import RunFolder
+        real = RunFolder.mark_done
+        def mark_done(self, *a, **k):
+            entry = real(self, *a, **k)
+            if len(self.done) == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-        field_run.write_json = write_json
+            return entry
+        RunFolder.mark_done = mark_done
     """,
     "mid_part": """
-        from mechanoscope.pipeline import field_run
-        real = field_run._save_npy
+        from mechanoscope.io import atomic
+        from mechanoscope.io.run_folder import RunFolder
+        real = RunFolder.save_crops
         n = [0]
-        def save(path, arr):
+        def save(self, path, arr):
             n[0] += 1
             if n[0] == 3:
-                with field_run.atomic_path(path) as tmp:
+                with atomic.atomic_path(path) as tmp:
                     tmp.write_bytes(b"half")
                     os.kill(os.getpid(), signal.SIGKILL)
-            real(path, arr)
-        field_run._save_npy = save
+            real(self, path, arr)
+        RunFolder.save_crops = save
     """,
     "mid_consolidation": """
         from mechanoscope.io.crop_store import CropStoreWriter
@@ -222,7 +223,7 @@ def test_a_rerun_with_other_models_is_refused_unless_overwrite(sim, models, refe
 
     out = tmp_path / "pred"
     shutil.copytree(reference, out)
-    with pytest.raises(OutputFolderError, match="other settings"):
+    with pytest.raises(OutputFolderError, match="different settings"):
         predict_run(sim / "images", [models[0]], out)
     info = predict_run(sim / "images", [models[0]], out, overwrite=True)
     table = pd.read_parquet(out / "cells.parquet")

@@ -2,16 +2,22 @@
 
 :func:`extract_cells` works on one image (arrays or :class:`~mechanoscope.io.Image`),
 :func:`extract_folder` on folders of images and label images paired by file name; it
-writes ``cells.parquet``, ``crops.zarr`` and ``extract.json`` into a run folder. Any
-error with one pair is reported (a :class:`~mechanoscope.errors.MechanoscopeWarning`,
-an entry in ``extract.json``'s ``errors`` and in its per-image ``status``, with the file
-and the stage) and the pair skipped; the other images are still extracted.
+writes ``cells.parquet``, ``crops.zarr``, the run's ``run.json`` (stage ``extract``)
+and ``extract.json`` (a summary for older readers) into a run folder. Any error with
+one pair is reported (a :class:`~mechanoscope.errors.MechanoscopeWarning`, an entry in
+``run.json``'s per-image status and in ``extract.json``'s ``errors`` and ``status``,
+with the file and the stage) and the pair skipped; the other images are still
+extracted. The batch resumes: each image's rows and crops are written to
+``parts/extract/`` and its status to ``run.json`` as it finishes, so a killed run, run
+again, skips the images it finished (same settings, unchanged input files) and redoes
+the rest; the parts are consolidated into the table and the crop store at the end.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +38,8 @@ from mechanoscope.cells._validate import (
 from mechanoscope.cells.crops import CropConfig, crop_cells, crop_outside_fraction
 from mechanoscope.cells.morphology import measure_cells
 from mechanoscope.cells.quality import QualityConfig, quality_flags
-from mechanoscope.io.crop_store import CropStoreWriter
 from mechanoscope.errors import AxesError, BatchFailedError, ConfigError, MechanoscopeError, MechanoscopeWarning, failure_message
-from mechanoscope.io.atomic import make_output_folder, write_json
+from mechanoscope.io.atomic import check_output_folder_path, write_json
 from mechanoscope.io.pairing import LABEL_SUFFIXES, pair_images_and_labels
 from mechanoscope.io.images import (
     Image,
@@ -345,6 +350,10 @@ class ExtractResult:
         ``"extract"``.
     table
         The cell table that was written.
+    record_path
+        ``run.json``, the run's record (per-image status, settings, versions).
+    n_resumed
+        Images an interrupted earlier run had finished (not redone).
     """
 
     out_dir: Path
@@ -355,6 +364,8 @@ class ExtractResult:
     n_cells: int
     errors: list[dict[str, str]] = field(default_factory=list)
     table: pd.DataFrame | None = None
+    record_path: Path | None = None
+    n_resumed: int = 0
 
 
 def _versions() -> dict[str, str]:
@@ -375,6 +386,7 @@ def extract_folder(
     progress: ProgressCallback | None = None,
     *,
     max_pixels: int | None = None,
+    command: str | Sequence[str] | None = None,
 ) -> ExtractResult:
     """Extract cells from many images, writing a run folder.
 
@@ -385,8 +397,10 @@ def extract_folder(
         (:func:`pair_images_and_labels`).
     out_dir
         Run folder; receives ``cells.parquet`` (cell table), ``crops.zarr`` (crop
-        store, rows = table rows) and ``extract.json`` (config, provenance, inputs,
-        errors). Existing files of these names are replaced atomically at the end.
+        store, rows = table rows), ``run.json`` (settings, versions, per-image status),
+        ``parts/extract/`` (per-image rows and crops, for resuming) and
+        ``extract.json`` (config, provenance, inputs, errors). The table and the store
+        are replaced atomically at the end.
     config
         :class:`ExtractConfig` or a dict of its fields.
     progress
@@ -394,6 +408,8 @@ def extract_folder(
     max_pixels
         Largest image (values per file) read; default
         :func:`~mechanoscope.io.images.max_pixels_limit`.
+    command
+        Command line for the provenance in ``run.json`` (default ``sys.argv``).
 
     Returns
     -------
@@ -403,39 +419,42 @@ def extract_folder(
     -----
     A pair that fails for any reason (unreadable file, shape mismatch, binary mask,
     missing pixel size, an unexpected error, …) is reported with a
-    :class:`MechanoscopeWarning` and in ``errors`` of the result and ``extract.json``
-    (and as ``failed`` in its per-image ``status``), and skipped. If no pair at all can
-    be extracted a :class:`~mechanoscope.errors.BatchFailedError` listing the problems
-    is raised and nothing in ``out_dir`` is touched. Crops are streamed to the store
-    one image at a time.
+    :class:`MechanoscopeWarning` and in ``errors`` of the result, ``run.json`` and
+    ``extract.json`` (as ``failed`` in the per-image status), and skipped. If no pair at
+    all can be extracted a :class:`~mechanoscope.errors.BatchFailedError` listing the
+    problems is raised and the table and crop store in ``out_dir`` are left untouched
+    (the failures are recorded in ``run.json``). A re-run resumes: images finished by
+    an earlier run with the same settings and unchanged files are not redone; with
+    other settings every image is redone (extraction is cheap and its results are
+    remade from the inputs alone).
     """
     from mechanoscope.io.images import max_pixels_limit
+    from mechanoscope.io.run_folder import RunFolder, file_fingerprint
 
     cfg = _as_config(config)
-    out = make_output_folder(out_dir, "run folder (--out)")
+    check_output_folder_path(out_dir, "run folder (--out)")
     max_pixels_limit(max_pixels)  # a bad limit fails before any work
     pairs, errors = pair_images_and_labels(images, labels)
-    for prob in errors:
+    run = RunFolder.open(out_dir, "extract", {"config": cfg.model_dump(mode="json")}, on_other_settings="redo", command=command)
+    out = run.root
+    for k, prob in enumerate(errors):
         prob.setdefault("file", prob["image"] or prob["labels"])
         prob.setdefault("stage", "pair")
+        run.mark_failed(f"{Path(prob['file']).stem}#pair{k}", image=prob["image"], file=prob["file"], stage="pair", error=prob["error"], labels=prob["labels"], save=False)
         warnings.warn(prob["error"], MechanoscopeWarning, stacklevel=2)
 
-    table_path = out / "cells.parquet"
-    crops_path = out / "crops.zarr"
-    summary_path = out / "extract.json"
-    tables: list[pd.DataFrame] = []
+    table_path, crops_path, summary_path = run.cells_path, run.crops_path, out / "extract.json"
     inputs: list[dict[str, Any]] = []
     total = len(pairs)
-    with CropStoreWriter(
-        crops_path,
-        crop_size_um=cfg.crop.crop_size_um,
-        crop_pixels=cfg.crop.crop_pixels,
-        channels=cfg.crop.channels,
-        attrs={"anti_aliasing": cfg.crop.anti_aliasing, "mechanoscope_version": __version__},
-    ) as writer:
-        for i, (img_path, lab_path) in enumerate(pairs):
-            stage, where = "read image", img_path
+    for i, (img_path, lab_path) in enumerate(pairs):
+        image_id = img_path.stem
+        stage, where = "read image", img_path
+        if run.finished(image_id, inputs=file_fingerprint([img_path, lab_path])):
+            inputs.append(run.images[image_id]["input"])
+        else:
+            t0 = time.perf_counter()
             try:
+                fingerprint = file_fingerprint([img_path, lab_path])
                 img = read_image(img_path, axes=cfg.axes, pixel_size_um=cfg.pixel_size_um, max_pixels=max_pixels)
                 stage, where = "read labels", lab_path
                 lab = read_label_image(lab_path, max_pixels=max_pixels)
@@ -451,53 +470,61 @@ def extract_folder(
                         MechanoscopeWarning,
                         stacklevel=2,
                     )
-                table, crops = extract_cells(img, lab, config=cfg, image_id=img_path.stem)
+                table, crops = extract_cells(img, lab, config=cfg, image_id=image_id)
+                stage, where = "write", out
+                rows_path, crops_part = run.part_paths(image_id)
+                run.save_crops(crops_part, crops)
+                write_table(table, rows_path)  # written last of the two: the part is complete
             except Exception as exc:  # one pair never ends the batch: record it, go on
                 msg = failure_message(exc, where)
                 warnings.warn(f"skipped {img_path.name}: {msg}", MechanoscopeWarning, stacklevel=2)
                 errors.append({"image": str(img_path), "labels": str(lab_path), "file": str(where), "stage": stage, "error": msg})
+                run.mark_failed(image_id, image=img_path, file=where, stage=stage, error=msg, labels=str(lab_path), seconds={"total": time.perf_counter() - t0})
             else:
-                writer.append(
-                    crops,
-                    image_id=img_path.stem,
-                    cell_ids=table["cell_id"].to_numpy(),
-                    frames=table["frame"].to_numpy(),
-                    pad_value=float(table["crop_pad_value"].iloc[0]) if len(table) else None,
-                )
-                tables.append(table)
-                inputs.append({
+                item = {
                     "image": str(img_path),
                     "labels": str(lab_path),
-                    "image_id": img_path.stem,
+                    "image_id": image_id,
                     "n_cells": int(len(table)),
                     "n_qc_pass": int(table["qc_pass"].sum()) if len(table) else 0,
                     "shape": list(img.data.shape),
                     "axes": img.axes,
                     "pixel_size_um": img.pixel_size_um,
                     "pixel_size_source": img.pixel_size_source,
-                })
-                del crops
-            if progress is not None:
-                progress(i + 1, total)
-        if not inputs:
-            writer.abort()  # keep the results of an earlier run in out_dir untouched
+                }
+                inputs.append(item)
+                run.mark_done(image_id, files=[rows_path, crops_part], image=img_path, inputs=fingerprint, labels=str(lab_path),
+                              seconds={"total": time.perf_counter() - t0}, input=item)
+                del crops, img, lab
+        if progress is not None:
+            progress(i + 1, total)
     if not inputs:
+        run.save(complete=True)
         shown = "; ".join(e["error"] for e in errors[:3]) + (" …" if len(errors) > 3 else "")
         raise BatchFailedError(
             f"no image could be extracted ({len(pairs)} image/label pair(s), {len(errors)} "
-            f"problem(s)); nothing was written to {out}. {shown}",
+            f"problem(s)); {table_path.name} and {crops_path.name} in {out} were left as they were "
+            f"(details in {run.record_path}). {shown}",
             errors,
         )
-
-    nonempty = [t for t in tables if len(t)]
-    full = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0]
+    full = run.consolidate(
+        [e["image_id"] for e in inputs],
+        crop_size_um=cfg.crop.crop_size_um,
+        crop_pixels=cfg.crop.crop_pixels,
+        channels=cfg.crop.channels,
+        attrs={"anti_aliasing": cfg.crop.anti_aliasing, "mechanoscope_version": __version__},
+    )
     write_table(full, table_path)
+    run.save(complete=True, n_cells=int(len(full)), outputs={"cells": table_path.name, "crops": crops_path.name})
+    errors = [{k: e.get(k, "") for k in ("image", "labels", "file", "stage", "error")} for e in run.failed]
     summary = {
         "config": cfg.model_dump(mode="json"),
         "provenance": {"versions": _versions(), "function": "mechanoscope.cells.extract_folder"},
+        "record": run.record_path.name,
         "inputs": inputs,
         "errors": errors,
         "n_failed": len(errors),
+        "n_resumed": run.n_resumed,
         "status": [
             {"image": e["image"], "labels": e["labels"], "image_id": e["image_id"], "status": "done"} for e in inputs
         ] + [
@@ -516,5 +543,4 @@ def extract_folder(
         },
     }
     write_json(summary, summary_path)
-    return ExtractResult(out, table_path, crops_path, summary_path, len(inputs), int(len(full)), errors, full)
-
+    return ExtractResult(out, table_path, crops_path, summary_path, len(inputs), int(len(full)), errors, full, run.record_path, run.n_resumed)

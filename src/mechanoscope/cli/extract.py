@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +28,7 @@ def extract(
         ),
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Run folder to write cells.parquet, crops.zarr and extract.json into."
+        ..., "--out", "-o", help="Run folder to write cells.parquet, crops.zarr, run.json and extract.json into."
     ),
     crop_size_um: float = typer.Option(64.0, help="Edge length of each square crop in µm."),
     crop_pixels: int = typer.Option(64, help="Edge length of each crop in pixels (crop pixel = size / pixels)."),
@@ -59,9 +60,10 @@ def extract(
 
     Writes OUT/cells.parquet (one row per cell: morphology in µm, intensity, texture,
     quality flags), OUT/crops.zarr ((N, C, H, W) crops in table row order) and
-    OUT/extract.json (settings, inputs, versions, per-image status). A bad
-    image/label pair is reported, recorded with its stage and skipped, and the command
-    then exits with status 1.
+    OUT/run.json (settings, versions, per-image status; OUT/extract.json repeats the
+    summary). A bad image/label pair is reported, recorded with its stage and skipped,
+    and the command then exits with status 1. A killed run, started again, skips the
+    images it finished and redoes the others.
     """
     from mechanoscope.cells.extract import ExtractConfig, _load_mapping, extract_folder
 
@@ -97,7 +99,7 @@ def extract(
             task = bar.add_task("extract", total=None)
             result = extract_folder(
                 images, labels, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n),
-                max_pixels=max_pixels,
+                max_pixels=max_pixels, command=sys.argv,
             )
     for w in caught:
         if not any(str(w.message).endswith(e["error"]) for e in result.errors):
@@ -108,7 +110,7 @@ def extract(
     finish_batch(
         len(result.errors),
         result.n_images + len(result.errors),
-        result.summary_path,
+        result.record_path or result.summary_path,
         f"extracted {result.n_cells} cells ({n_pass} pass QC) from {result.n_images} images into {out}",
     )
 

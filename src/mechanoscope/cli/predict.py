@@ -25,12 +25,14 @@ def predict(
         None, min=1, help="Refuse images with more pixels than this, checked before reading (default 200000000 or $MECHANOSCOPE_MAX_PIXELS)."
     ),
 ) -> None:
-    """Predict every cell and write the cell table with pred_* columns and predict.json.
+    """Predict every cell and write the cell table with pred_* columns and run.json.
 
     From images, each image is read once and processed on its own (segment,
-    extract, predict); a bad image is reported, recorded in predict.json (file,
+    extract, predict); a bad image is reported, recorded in run.json (file,
     stage, message) and skipped, and the command then exits with status 1. A killed
-    run, started again, skips the images it finished and redoes the others.
+    run, started again, skips the images it finished and redoes the others; a run
+    in which no image finished never blocks its corrected re-run. predict.json
+    repeats the summary for older readers.
     """
     from mechanoscope.pipeline import predict_run
 
@@ -57,7 +59,7 @@ def predict(
             return
     else:
         summary = f"predicted {info['n_cells']} cells in {info['n_images']} images ({info['crops_per_second']} crops/s) → {out / 'cells.parquet'}"
-    finish_batch(len(failed), len(info.get("status", [])), out / "predict.json", summary)
+    finish_batch(len(failed), len(info.get("status", [])), info.get("record_path", out / "run.json"), summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -64,7 +64,7 @@ def run(
         "classical", "--method", "-m",
         help="'classical' (texture + watershed, no training) or the path of a model folder from `segment train`.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: labels/<name>.tif and segment.json are written there."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: labels/<name>.tif and run.json (and segment.json, a summary) are written there."),
     pixel_size_um: Optional[float] = typer.Option(
         None, help="Pixel size in µm for all images (default: from each file's metadata)."
     ),
@@ -96,10 +96,11 @@ def run(
 ) -> None:
     """Segment every image into a label image (0 = background, one id per cell).
 
-    Writes OUT/labels/<name>.tif (with the image's pixel size) and OUT/segment.json
-    (method, settings, provenance, per-image status). Re-running skips images whose
-    labels exist; a bad image is reported, recorded with its stage and skipped, and
-    the command then exits with status 1.
+    Writes OUT/labels/<name>.tif (with the image's pixel size) and OUT/run.json
+    (method, settings, provenance, per-image status; OUT/segment.json repeats it).
+    Re-running (also after a kill) skips the images it finished and redoes the others;
+    a bad image is reported, recorded with its stage and skipped, and the command then
+    exits with status 1.
     """
     from mechanoscope.config import read_config_mapping
     from mechanoscope.errors import SkippedInputWarning
@@ -142,7 +143,7 @@ def run(
     finish_batch(
         len(result.errors),
         result.n_done + result.n_skipped + len(result.errors),
-        result.record_path or out / "segment.json",
+        result.record_path or out / "run.json",
         f"segmented {result.n_done} image(s) into {out / 'labels'}"
         + (f", {result.n_skipped} already done" if result.n_skipped else ""),
     )

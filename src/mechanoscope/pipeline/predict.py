@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -39,13 +39,14 @@ def _split_column(table: pd.DataFrame, models: list) -> pd.Series | None:
     return best
 
 
-def _predict_images(src: Path, out: Path, loaded: list, *, segmentation: str, pixel_size_um: float | None, extract_config: dict | None,
-                    batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None) -> tuple[pd.DataFrame, list[dict], dict, float, int]:
+def _predict_images(src: Path, out: Path, loaded: list, identities: list[dict], *, segmentation: str, pixel_size_um: float | None, extract_config: dict | None,
+                    batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None,
+                    command: str | list[str] | None) -> tuple[pd.DataFrame, Any, float]:
     """Images → run folder, one field at a time (:func:`~mechanoscope.pipeline.field_run.run_fields`).
 
-    Returns the consolidated table, the per-image status, the settings, the seconds
-    spent predicting (summed over the finished images) and how many images an
-    earlier, interrupted run had finished.
+    Returns the consolidated table, the :class:`~mechanoscope.io.run_folder.RunFolder`
+    that recorded the run and the seconds spent predicting (summed over the finished
+    images).
     """
     from mechanoscope.io.images import image_paths, max_pixels_limit
     from mechanoscope.pipeline.field import extract_config_for
@@ -61,14 +62,16 @@ def _predict_images(src: Path, out: Path, loaded: list, *, segmentation: str, pi
         "segmentation_config": seg_cfg.model_dump(mode="json"),
         "pixel_size_um": pixel_size_um,
         "extract_config": ecfg.model_dump(mode="json"),
-        "models": [{"model_path": str(Path(m.path).resolve()), "task": m.task, "target": m.config["target"], "model_type": m.config["model_type"]} for m in loaded],
+        # a model retrained into the same folder has another digest: its predictions are never mixed with the old one's
+        "models": [{"model_path": i["path"], "sha256": i["sha256"], "task": m.task, "target": m.config["target"], "model_type": m.config["model_type"]}
+                   for m, i in zip(loaded, identities)],
     }
-    extra = {"mechanoscope_version": __version__, "source": str(src), "models": [m.identity for m in loaded]}
+    extra = {"source": str(src), "segmentation": segmentation}
     res = run_fields(paths, out, segmenter=segmenter, models=loaded, extract_config=ecfg, settings=settings, pixel_size_um=pixel_size_um,
-                     batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels, record_extra=extra,
+                     batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels, record_extra=extra, models_identity=identities, command=command,
                      progress=lambda i, n, name: progress("segment → extract → predict", i, n))
     pred_seconds = sum(float(e.get("seconds", {}).get("predict", 0.0)) for e in res.status if e["status"] == "done")
-    return res.table, res.status, settings, pred_seconds, res.n_skipped
+    return res.table, res.run, pred_seconds
 
 
 def predict_run(
@@ -83,6 +86,7 @@ def predict_run(
     progress: Callable[[str, int, int], None] | None = None,
     overwrite: bool = False,
     max_pixels: int | None = None,
+    command: str | list[str] | None = None,
 ) -> dict:
     """Predict every cell of ``source`` with one or more model folders.
 
@@ -92,15 +96,21 @@ def predict_run(
     ``segmentation``, ``"classical"`` or a segmentation model folder; extracted with
     the crop geometry the first CNN model expects; predicted), one image at a time
     (:func:`~mechanoscope.pipeline.field_run.run_fields`), so memory is bounded by one
-    field. Writes ``out/labels/<image>.tif``, ``out/parts/`` (per-image rows and
-    crops), ``out/crops.zarr`` and ``out/cells.parquet`` with ``pred_*`` columns (and
-    a ``split`` column that marks cells a model trained on, so evaluation uses only
-    held-out cells) and ``out/predict.json`` with the settings, the models' identity
-    and, for images, a per-image ``status`` (``done``, or ``failed`` with the file,
-    stage and message: an image that fails is skipped, the others go on), rewritten
-    after every image: a killed run, run again, skips the finished images and redoes
-    the partial one. ``overwrite`` redoes every image, also when ``out`` holds results
-    made with other settings (refused otherwise). If no image at all can be used a
+    field. Writes ``out/labels/<image>.tif``, ``out/parts/predict/`` (per-image rows
+    and crops), ``out/crops.zarr`` and ``out/cells.parquet`` with ``pred_*`` columns
+    (and a ``split`` column that marks cells a model trained on, so evaluation uses
+    only held-out cells). The run is recorded in ``out/run.json``
+    (:class:`~mechanoscope.io.run_folder.RunFolder`, stage ``predict``: settings, the
+    models' identity with a digest of their files, the columns they wrote and, for
+    images, a per-image ``status``: ``done``, or ``failed`` with the file, stage and
+    message; an image that fails is skipped, the others go on), rewritten after every
+    image: a killed run, run again, skips the finished images and redoes the partial
+    one. ``out/predict.json`` repeats the summary for older readers. ``overwrite``
+    redoes every image, also when ``out`` holds results made with other settings
+    (refused otherwise); a run in which no image finished never blocks a corrected
+    re-run. From a run folder, ``pred_*``/``split`` columns of an earlier prediction
+    are removed (with a warning) before this run's models predict. If no image at all
+    can be used a
     :class:`~mechanoscope.errors.BatchFailedError` is raised.
     """
     import shutil
@@ -112,6 +122,8 @@ def predict_run(
     from mechanoscope.io import check_output_folder_path, make_output_folder, write_table
     from mechanoscope.io.crop_store import check_crops_match_table, read_crop_store
 
+    from mechanoscope.io.run_folder import RunFolder, model_identity
+
     t0 = time.perf_counter()
     say = progress or (lambda *a: None)
     src, out = Path(source), Path(out)
@@ -121,12 +133,18 @@ def predict_run(
     loaded = [m if hasattr(m, "members") else load_stiffness_model(m) for m in models]
     if not loaded:
         raise MechanoscopeError("no model given; pass at least one --model folder")
-    status: list[dict] = []
-    settings: dict | None = None
-    n_resumed: int | None = None
-    if _is_run(src):
-        if src.resolve() != out.resolve():
+    identities = [{**m.identity, **model_identity(m.path)} for m in loaded]
+    from_run = _is_run(src)
+    if from_run:
+        same = src.resolve() == out.resolve()
+        if not same:
             make_output_folder(out, "run folder (--out)")
+            if (src / "run.json").is_file():  # the record of the stages that made the run comes along
+                shutil.copy2(src / "run.json", out / "run.json")
+        # a prediction of a whole run is always redone: nothing per image to resume
+        run = RunFolder.open(out, "predict", {"source": str(src.resolve()), "models": [{"path": i["path"], "sha256": i["sha256"]} for i in identities]},
+                             overwrite=True, models=identities, command=command)
+        if not same:
             if (out / "crops.zarr").exists():
                 shutil.rmtree(out / "crops.zarr")
             shutil.copytree(src / "crops.zarr", out / "crops.zarr")
@@ -146,9 +164,9 @@ def predict_run(
             table = table.drop(columns=[c for c in pred.columns if c in table.columns]).join(pred)
         pred_seconds = time.perf_counter() - t_pred
     else:
-        table, status, settings, pred_seconds, n_resumed = _predict_images(
-            src, out, loaded, segmentation=segmentation, pixel_size_um=pixel_size_um, extract_config=extract_config, batch_size=batch_size,
-            progress=say, overwrite=overwrite, max_pixels=max_pixels)
+        table, run, pred_seconds = _predict_images(
+            src, out, loaded, identities, segmentation=segmentation, pixel_size_um=pixel_size_um, extract_config=extract_config, batch_size=batch_size,
+            progress=say, overwrite=overwrite, max_pixels=max_pixels, command=command)
     n = len(table)
     split = _split_column(table, loaded)
     if split is not None:
@@ -158,27 +176,32 @@ def predict_run(
     write_table(table, out / "cells.parquet")
     cls = next((m for m in loaded if m.task == "classification"), None)
     reg = next((m for m in loaded if m.task == "regression"), None)
+    status = [] if from_run else list(run.images.values())
     info = {
         "mechanoscope_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": str(src),
-        "models": [m.identity for m in loaded],
+        "models": identities,
         "model_path": ", ".join(str(m.path) for m in loaded),
         "classes": cls.config["classes"] if cls else None,
         "target": ", ".join(m.config["target"] for m in loaded),
         "interval_level": reg.config["interval_level"] if reg else None,
         "interval_method": "split-conformal on held-out calibration images" if reg else None,
+        "columns": [str(c) for c in table.columns if str(c).startswith("pred_") or c == "split"],
         "n_cells": int(n),
         "n_images": int(table["image_id"].nunique()) if n else 0,
-        "segmentation": None if _is_run(src) else segmentation,
-        "settings": settings,
-        "n_resumed": n_resumed,
+        "segmentation": None if from_run else segmentation,
+        "settings": run.settings if not from_run else None,
+        "n_resumed": None if from_run else run.n_resumed,
         "complete": True,
         "status": status,
         "n_failed": sum(1 for e in status if e["status"] == "failed"),
         "prediction_seconds": round(pred_seconds, 3),
         "crops_per_second": round(n / pred_seconds, 1) if pred_seconds > 0 and n else None,
         "seconds": round(time.perf_counter() - t0, 2),
+        "record": run.record_path.name,
     }
-    write_json(info, out / "predict.json")
+    run.save(complete=True, **{k: v for k, v in info.items() if k not in ("status", "complete", "n_failed", "settings", "mechanoscope_version")})
+    write_json(info, out / "predict.json")  # the summary older readers know; run.json is the record
+    info["record_path"] = str(run.record_path)
     return info

@@ -1,14 +1,17 @@
 """Segmenting many images into a run folder: classical or with a trained network.
 
-One function, :func:`segment_images`, used by ``mechanoscope segment``, ``predict``
-from raw images and the demo. It writes ``OUT/labels/<stem>.tif`` (``<stem>`` is the
-image file's stem, which is how ``extract`` pairs labels with images) and
-``OUT/segment.json``: method, settings, provenance and a status per image. Re-running
-with the same settings skips images whose labels exist; different settings are
-refused unless ``overwrite`` (a record in which no image finished never blocks a
-corrected re-run); any error while reading, segmenting or writing one image is recorded
-(file, stage, message) and the image skipped, and the record is rewritten after every
-image so nothing finished is lost.
+One function, :func:`segment_images`, used by ``mechanoscope segment`` and the demo.
+It writes ``OUT/labels/<stem>.tif`` (``<stem>`` is the image file's stem, which is how
+``extract`` pairs labels with images) and records every image in the run folder's
+``OUT/run.json`` (:class:`~mechanoscope.io.run_folder.RunFolder`, stage ``segment``:
+method, settings, provenance and a status per image, rewritten after every image).
+A re-run with the same settings skips the images whose status is ``done``, whose label
+image exists and whose image file is unchanged, and redoes the others (an image a
+killed run was writing is redone); different settings are refused unless
+``overwrite`` (a run in which no image finished never blocks a corrected re-run). Any
+error while reading, segmenting or writing one image is recorded (file, stage,
+message) and the image skipped. ``OUT/segment.json`` is written at the end as a
+summary for older readers (settings, provenance, per-image status).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mechanoscope.config import validate_mapping
-from mechanoscope.errors import ImageReadError, MechanoscopeError, OutputFolderError, SkippedInputWarning, failure_message
+from mechanoscope.errors import ImageReadError, MechanoscopeError, SkippedInputWarning, failure_message
 
 __all__ = ["segment_images", "SegmentRunResult", "read_plane", "segmentation_plane", "build_segmenter", "MIN_IMAGE_SIZE_PX"]
 
@@ -49,7 +52,7 @@ class SegmentRunResult:
     n_done, n_skipped
         Images segmented now / already segmented by an earlier run.
     record_path
-        ``OUT/segment.json``.
+        ``OUT/run.json``, the run's record.
     """
 
     labels: list[Path] = field(default_factory=list)
@@ -156,7 +159,7 @@ def segment_images(
     command: list[str] | str | None = None,
     max_pixels: int | None = None,
 ) -> SegmentRunResult:
-    """Segment every image into ``out/labels/<stem>.tif`` and record it in ``out/segment.json``.
+    """Segment every image into ``out/labels/<stem>.tif`` and record it in ``out/run.json``.
 
     Parameters
     ----------
@@ -184,61 +187,42 @@ def segment_images(
     -------
     SegmentRunResult
     """
-    from mechanoscope.io.atomic import check_output_folder_path, make_output_folder, write_json
+    from mechanoscope.io.atomic import check_output_folder_path, write_json
     from mechanoscope.io.images import image_paths, max_pixels_limit, write_label_image
     from mechanoscope.io.model_folder import provenance
+    from mechanoscope.io.run_folder import RunFolder, file_fingerprint
 
     out = check_output_folder_path(out, "run folder (--out)")
     max_pixels_limit(max_pixels)  # a bad limit fails before any work
     paths = image_paths(images) if not isinstance(images, list) else [Path(p) for p in images]
     segment_one, method_info, cfg = build_segmenter(method, dict(settings or {}), device)
     record_settings = {**method_info, "config": cfg.model_dump(mode="json"), "pixel_size_um": pixel_size_um, "axes": axes, "channel": channel, "frame": frame}
-    record_path = out / "segment.json"
-    previous: dict[str, Any] = {}
-    if record_path.is_file():
-        try:
-            previous = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            previous = {}
-        finished = any(isinstance(v, dict) and v.get("status") == "done" for v in dict(previous.get("images") or {}).values())
-        if not finished and not _has_labels(out):
-            previous = {}  # no image finished: a corrected re-run simply starts afresh
-        elif previous.get("settings") != record_settings and not overwrite:
-            raise OutputFolderError(
-                f"{out}: holds labels from a segmentation with different settings "
-                f"(method {previous.get('settings', {}).get('method')!r}); use another "
-                "--out, or pass --overwrite to redo every image with the new settings"
-            )
-    elif _has_labels(out) and not overwrite:
-        raise OutputFolderError(
-            f"{out}: has a labels/ folder but no segment.json, so it is not a segment run; "
-            "use another --out or pass --overwrite"
-        )
-    make_output_folder(out / "labels", "labels folder")
-    results: dict[str, Any] = dict(previous.get("images", {})) if not overwrite else {}
-    record = {"settings": record_settings, "provenance": provenance(command=command if command is not None else sys.argv), "images": results}
-    result = SegmentRunResult(record_path=record_path)
+    models = [{"path": method_info["model"], "sha256": method_info["model_weights_sha256"], "role": "segmentation"}] if "model" in method_info else None
+    run = RunFolder.open(out, "segment", record_settings, overwrite=overwrite, foreign_outputs=_has_labels, legacy=_legacy_segment_record,
+                         models=models, command=command)
+    record_path = out / "segment.json"  # the summary older readers know; run.json is the record
+    result = SegmentRunResult(record_path=run.record_path)
 
     stems: dict[str, Path] = {}
-    for p in paths:
+    for k, p in enumerate(paths):
         if p.stem in stems:
             msg = f"{p}: another image has the same name {p.stem!r} ({stems[p.stem]}); skipped"
             result.errors.append({"file": str(p), "stage": "input", "error": msg})
-            results[p.name] = {"image": str(p), "status": "failed", "stage": "input", "error": msg}
+            run.mark_failed(f"{p.stem}#{k}", image=p, stage="input", error=msg, save=False)
             warnings.warn(msg, SkippedInputWarning, stacklevel=2)
         else:
             stems[p.stem] = p
     for k, (stem, path) in enumerate(stems.items()):
-        target = out / "labels" / f"{stem}.tif"
-        if target.is_file() and not overwrite:
+        target = run.label_path(stem)
+        if run.finished(stem, inputs=file_fingerprint([path])):
             result.n_skipped += 1
             result.labels.append(target)
             result.images.append(path)
-            results.setdefault(stem, {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done"})
         else:
             t0 = time.perf_counter()
             stage = "read"
             try:
+                fingerprint = file_fingerprint([path])
                 arr, px = read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame, max_pixels=max_pixels)
                 stage = "segment"
                 labels = segment_one(arr, px)
@@ -247,20 +231,34 @@ def segment_images(
             except Exception as exc:  # one image never ends the batch: record it, go on
                 msg = failure_message(exc, path)
                 result.errors.append({"file": str(path), "stage": stage, "error": msg})
-                results[stem] = {"image": str(path), "status": "failed", "stage": stage, "error": msg}
+                run.mark_failed(stem, image=path, stage=stage, error=msg, seconds={"total": time.perf_counter() - t0})
                 warnings.warn(f"skipped {msg}", SkippedInputWarning, stacklevel=2)
             else:
                 result.n_done += 1
                 result.labels.append(target)
                 result.images.append(path)
-                results[stem] = {"image": str(path), "labels": f"labels/{stem}.tif", "status": "done", "n_cells": int(labels.max()), "pixel_size_um": px, "seconds": round(time.perf_counter() - t0, 3)}
-            record["n_failed"] = sum(1 for v in results.values() if v.get("status") == "failed")
-            write_json(record, record_path)
+                run.mark_done(stem, files=[target], image=path, inputs=fingerprint, seconds={"total": time.perf_counter() - t0},
+                              labels=run.relative(target), n_cells=int(labels.max()), pixel_size_um=px)
         if progress:
             progress(k + 1, len(stems), path.name)
-    record["n_failed"] = sum(1 for v in results.values() if v.get("status") == "failed")
-    write_json(record, record_path)
+    run.save(complete=True)
+    images_status = {key: {k: v for k, v in e.items() if k not in ("files", "inputs")} for key, e in run.images.items()}
+    write_json({"settings": run.settings, "provenance": provenance(command=command if command is not None else sys.argv), "images": images_status,
+                "n_failed": len(run.failed), "record": run.record_path.name}, record_path)
     return result
+
+
+def _legacy_segment_record(out: Path) -> dict | None:
+    """The segment section of an older run folder's ``segment.json`` (labels it lists are resumed)."""
+    path = out / "segment.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("images"), dict):
+        return None
+    images = {k: {**v, "files": [v["labels"]]} for k, v in old["images"].items() if isinstance(v, dict) and v.get("status") == "done" and "labels" in v}
+    return {"settings": old.get("settings"), "images": images}
 
 
 def _has_labels(out: Path) -> bool:
