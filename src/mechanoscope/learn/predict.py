@@ -45,10 +45,19 @@ class StiffnessModel:
 
 
 def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
-    """Load a model folder written by :func:`mechanoscope.learn.train.train_model`."""
+    """Load a model folder written by :func:`mechanoscope.learn.train.train_model`.
+
+    A ``.onnx`` file exported by ``mechanoscope export`` loads through
+    :func:`mechanoscope.learn.onnx_predict.load_onnx_model` (runs on onnxruntime).
+    """
     import json
 
     from mechanoscope.io.model_folder import load_model_folder
+
+    if Path(folder).suffix.lower() == ".onnx" and Path(folder).is_file():
+        from mechanoscope.learn.onnx_predict import load_onnx_model
+
+        return load_onnx_model(folder)
 
     mf = load_model_folder(folder)
     cfg = mf.config
