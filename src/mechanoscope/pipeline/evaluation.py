@@ -1,9 +1,11 @@
 """Evaluation of a predicted run folder: ``RUN/evaluation.json`` and ``RUN/figures/*.png``.
 
 :func:`evaluate_run` reads what ``mechanoscope predict`` wrote (``cells.parquet``,
-``predict.json``, ``crops.zarr``), keeps the held-out, quality-passing cells, scores them
-with the metrics of :mod:`mechanoscope.evaluate.stiffness` and draws the figures of
-:mod:`mechanoscope.report.stiffness_figures`.
+the ``predict`` stage of ``run.json`` or an older ``predict.json``, ``crops.zarr``),
+keeps the held-out, quality-passing cells, scores them with the metrics of
+:mod:`mechanoscope.evaluate.stiffness` and draws the figures of
+:mod:`mechanoscope.report.stiffness_figures`. Prediction columns that the models of
+the run did not write are left out, never scored.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ from mechanoscope.evaluate.stiffness import (
 __all__ = ["evaluate_run"]
 
 def _read_predict_json(run: Path) -> tuple[dict[str, Any], list[str]]:
+    """What the prediction recorded: the ``predict`` section of ``run.json``, else an older ``predict.json``."""
+    from mechanoscope.io.run_folder import read_run_record
+
+    record = read_run_record(run)
+    section = (record or {}).get("stages", {}).get("predict")
+    if isinstance(section, dict):
+        if not section.get("complete"):
+            raise MechanoscopeError(
+                f"{run / 'run.json'}: the prediction into this folder did not finish; run `mechanoscope predict` "
+                "again with the same arguments (it resumes) before evaluating"
+            )
+        return section, []
     path = run / "predict.json"
     if not path.exists():
-        return {}, [f"{path.name} not found: model identity and interval level unknown"]
+        return {}, ["run.json has no prediction and predict.json was not found: model identity and interval level unknown"]
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -45,6 +59,27 @@ def _read_predict_json(run: Path) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(data, dict):
         raise MechanoscopeError(f"{path}: expected a JSON object at the top level")
     return data, []
+
+
+def _drop_foreign_predictions(table: pd.DataFrame, predict: Mapping[str, Any], notes: list[str]) -> pd.DataFrame:
+    """Remove ``pred_*`` columns the models of this run did not write (never scored).
+
+    ``predict["columns"]`` (written by ``mechanoscope predict`` since ``run.json``) lists
+    the prediction columns of the run's models; a table column ``pred_*`` that is not
+    among them comes from elsewhere (an earlier prediction, another tool) and is left
+    out with a note. Without that list (older records) the table is taken as it is.
+    """
+    made = predict.get("columns")
+    if not isinstance(made, list):
+        return table
+    foreign = [c for c in table.columns if str(c).startswith("pred_") and c not in made]
+    if foreign:
+        notes.append(
+            f"column(s) {', '.join(map(str, foreign))} were not written by the models of this run "
+            "(see run.json); they are left out and not scored"
+        )
+        table = table.drop(columns=foreign)
+    return table
 
 
 def _open_crops(run: Path, n_rows: int) -> tuple[Any | None, str | None]:
@@ -106,7 +141,9 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_c
     """Evaluate the predictions of a run folder; write ``evaluation.json`` and figures.
 
     Reads ``RUN/cells.parquet`` (predictions, and truth where known),
-    ``RUN/predict.json`` (model identity, ``interval_level``) and ``RUN/crops.zarr``
+    ``RUN/run.json`` (its ``predict`` stage: model identity, ``interval_level``, the
+    prediction columns of the run's models; an older ``RUN/predict.json`` is read when
+    there is no ``run.json``) and ``RUN/crops.zarr``
     (for the example-cell gallery). What is computed depends on the columns present:
 
     * ``pred_prob_<class>`` (+ ``pred_label``) and ``label``: :func:`classification_metrics`;
@@ -167,6 +204,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_c
         )
     table = read_table(table_path).reset_index(drop=True)
     predict, notes = _read_predict_json(run)
+    table = _drop_foreign_predictions(table, predict, notes)
     cols = set(map(str, table.columns))
     classes = _classes_from(table, predict)
     has_cls = len(classes) >= 2
