@@ -10,7 +10,6 @@ metrics on the held-out test cells and writes a model folder.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -29,6 +28,7 @@ from mechanoscope.errors import MechanoscopeError
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import TrainingData, check_target, group_split, load_run, normalise_crops, resolve_task
 from mechanoscope.learn.uncertainty import conformal_quantile, expected_calibration_error, fit_temperature, softmax_t
+from mechanoscope.nn.training import EarlyStopping
 
 __all__ = ["train_model", "train_networks", "best_epochs", "EarlyStopping", "TrainResult", "ProgressFn"]
 
@@ -128,6 +128,7 @@ def train_networks(
     from mechanoscope.learn.augment import augment_batch
     from mechanoscope.learn.networks import build_network
     from mechanoscope.nn.device import select_device
+    from mechanoscope.nn.training import fit_network
 
     _set_threads(config.num_threads)
     dev = select_device(config.device)  # crops stay in host memory; each batch moves after augmentation
@@ -165,51 +166,35 @@ def train_networks(
         net = build_network(config.architecture, x_train.shape[1], n_outputs, width=config.width, input_pixels=int(x_train.shape[-1]), pooling=config.pooling_for(task)).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.learning_rate, total_steps=config.epochs * max(1, -(-len(xt) // config.batch_size)), pct_start=0.15)
-        best_state = copy.deepcopy(net.state_dict())
-        stopper = EarlyStopping(config.epochs, config.patience)
-        n_epochs = config.epochs if keep_epochs is None else max(1, min(int(keep_epochs[member]), config.epochs))
-        for epoch in range(n_epochs):
-            net.train()
+        refit = keep_epochs is not None
+        n_epochs = config.epochs if not refit else max(1, min(int(keep_epochs[member]), config.epochs))
+
+        def batches(epoch: int, gen=gen):
             perm = torch.randperm(len(xt), generator=gen)
-            tot, count = 0.0, 0
             for sl in _batches(len(xt), config.batch_size):
                 idx = perm[sl]
-                if len(idx) < 2:
-                    continue
-                xb = augment_batch(xt[idx], augment, gen).to(dev, non_blocking=True)
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(xb), yt[idx].to(dev))
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += float(loss.detach()) * len(idx)
-                count += len(idx)
-            net.eval()
-            with torch.inference_mode():
-                if len(xv):
-                    out_v = torch.cat([net(xv[sl].to(dev)).float().cpu() for sl in _batches(len(xv), 256)])
-                    val = float(val_loss_fn(out_v, yv))
-                    if task == "classification":
-                        val_acc = float((out_v.argmax(1) == yv).float().mean())
-                    else:
-                        val_acc = float("nan")
-                else:
-                    val, val_acc = tot / max(count, 1), float("nan")
-            rows.append({"member": member, "epoch": epoch + 1, "train_loss": tot / max(count, 1), "val_loss": val, "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t_start, 2)})
+                if len(idx) >= 2:
+                    yield augment_batch(xt[idx], augment, gen), yt[idx]
+
+        def validate(net=net) -> dict[str, float]:
+            out_v = torch.cat([net(xv[sl].to(dev)).float().cpu() for sl in _batches(len(xv), 256)])
+            acc = float((out_v.argmax(1) == yv).float().mean()) if task == "classification" else float("nan")
+            return {"val_loss": float(val_loss_fn(out_v, yv)), "val_accuracy": acc}
+
+        def on_epoch(rec, member=member) -> None:
+            rows.append({"member": member, "epoch": rec.epoch, "train_loss": rec.train_loss, "val_loss": rec.monitored,
+                         "val_accuracy": rec.validation.get("val_accuracy", float("nan")), "seconds": round(time.perf_counter() - t_start, 2)})
             if progress:
-                progress(f"{stage} {member + 1}/{config.ensemble_size}", member * config.epochs + epoch + 1, total_epochs)
-            if keep_epochs is not None:
-                continue
-            improved, stop = stopper.update(val)
-            if improved:
-                best_state = copy.deepcopy(net.state_dict())
-            if stop:
-                break
-            if config.max_train_seconds and time.perf_counter() - t_start > config.max_train_seconds * (member + 1) / config.ensemble_size:
-                break
-        if keep_epochs is None:
-            net.load_state_dict(best_state)
-        net.eval()
+                progress(f"{stage} {member + 1}/{config.ensemble_size}", member * config.epochs + rec.epoch, total_epochs)
+
+        fit_network(
+            net, train_batches=batches, loss_fn=loss_fn, optimizer=opt, scheduler=sched, epochs=n_epochs, device=dev,
+            validate=validate if len(xv) else None,
+            stopper=None if refit else EarlyStopping(config.epochs, config.patience),
+            keep_best=not refit,
+            deadline=None if refit or not config.max_train_seconds else t_start + config.max_train_seconds * (member + 1) / config.ensemble_size,
+            on_epoch=on_epoch,
+        )
         nets.append(net.cpu())
     return nets, pd.DataFrame(rows)
 
@@ -225,32 +210,6 @@ def best_epochs(log: pd.DataFrame, n_members: int) -> list[int]:
                 best, epoch = v, int(e)
         out.append(epoch)
     return out
-
-
-class EarlyStopping:
-    """Keep the best epoch; stop after ``patience`` epochs without improvement.
-
-    Epochs without improvement are counted only after 60 % of the epochs: before that
-    the one-cycle learning rate is still high and the validation loss noisy, and a
-    lucky early epoch must not end training before the rate has annealed.
-    """
-
-    def __init__(self, epochs: int, patience: int) -> None:
-        self.anneal_start = int(0.6 * epochs)
-        self.patience = patience
-        self.best = np.inf
-        self.stale = 0
-        self.epoch = 0
-
-    def update(self, val_loss: float) -> tuple[bool, bool]:
-        """Record one epoch's validation loss; returns (improved, stop)."""
-        self.epoch += 1
-        improved = val_loss < self.best - 1e-6
-        if improved:
-            self.best, self.stale = val_loss, 0
-        elif self.epoch > self.anneal_start:
-            self.stale += 1
-        return improved, self.stale >= self.patience
 
 
 def _class_weights(y: np.ndarray, n: int) -> np.ndarray:

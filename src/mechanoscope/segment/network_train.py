@@ -23,6 +23,7 @@ from mechanoscope.errors import (
 from mechanoscope.io.images import Image
 from mechanoscope.nn.device import select_device
 from mechanoscope.nn.tiling import _round_up
+from mechanoscope.nn.training import EarlyStopping, EpochRecord, fit_network
 from mechanoscope.segment.instances import probabilities_to_labels
 from mechanoscope.segment.network import (
     SegmentationModel,
@@ -407,61 +408,48 @@ def train_segmentation(
     partial.mkdir(parents=True, exist_ok=True)
     log_path = partial / "training_log.csv"
     rows: list[dict[str, Any]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, None
     steps = int(math.ceil(cfg.patches_per_epoch / cfg.batch_size))
-    stopped_early = False
 
-    def eval_loss(batch: tuple[np.ndarray, np.ndarray]) -> float:
-        net.eval()
-        total, count = 0.0, 0
-        with torch.inference_mode():
-            for b in range(0, len(batch[0]), cfg.batch_size):
-                x = torch.from_numpy(batch[0][b : b + cfg.batch_size]).to(device)
-                y = torch.from_numpy(batch[1][b : b + cfg.batch_size]).to(device)
-                total += float(loss_fn(net(x), y)) * len(x)
-                count += len(x)
-        return total / max(count, 1)
-
-    log_text = ""
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        train_loss = 0.0
+    def batches(epoch: int):
         for _ in range(steps):
             xb, yb = _sample_batch(train_data, cfg.batch_size, rng, cfg)
-            x = torch.from_numpy(xb).to(device)
-            y = torch.from_numpy(yb).to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            train_loss += float(loss.detach())
-        train_loss /= steps
-        val_loss = eval_loss(val_batch) if val_batch is not None else float("nan")
-        monitor = val_loss if val_batch is not None else train_loss
-        improved = monitor < best_loss
-        if improved:
-            best_loss, best_epoch = monitor, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            yield torch.from_numpy(xb), torch.from_numpy(yb)
+
+    def validate() -> dict[str, float]:
+        total, count = 0.0, 0
+        for b in range(0, len(val_batch[0]), cfg.batch_size):
+            x = torch.from_numpy(val_batch[0][b : b + cfg.batch_size]).to(device)
+            y = torch.from_numpy(val_batch[1][b : b + cfg.batch_size]).to(device)
+            total += float(loss_fn(net(x), y)) * len(x)
+            count += len(x)
+        return {"val_loss": total / max(count, 1)}
+
+    log_text = ""
+
+    def on_epoch(rec: EpochRecord) -> None:
+        nonlocal log_text
+        val_loss = rec.validation.get("val_loss", float("nan"))
         row = {
-            "epoch": epoch,
-            "train_loss": round(train_loss, 6),
+            "epoch": rec.epoch,
+            "train_loss": round(rec.train_loss, 6),
             "val_loss": round(val_loss, 6) if math.isfinite(val_loss) else "",
-            "best": improved,
+            "best": rec.improved,
             "learning_rate": cfg.learning_rate,
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(rec.seconds, 3),
         }
         rows.append(row)
         log_text = _write_log(log_path, rows)
         if progress is not None:
-            progress(epoch, cfg.epochs, dict(row))
-        if epoch - best_epoch >= cfg.early_stopping_patience:
-            stopped_early = epoch < cfg.epochs
-            break
+            progress(rec.epoch, cfg.epochs, dict(row))
 
-    assert best_state is not None
-    net.load_state_dict(best_state)
-    net.eval()
+    fit = fit_network(
+        net, train_batches=batches, loss_fn=loss_fn, optimizer=opt, epochs=cfg.epochs, device=device,
+        validate=validate if val_batch is not None else None,
+        stopper=EarlyStopping(cfg.epochs, cfg.early_stopping_patience, count_after_fraction=0.0, min_delta=0.0),
+        on_epoch=on_epoch,
+    )
+    best_epoch, stopped_early = fit.best_epoch, fit.stopped_early
+    best_loss = fit.records[best_epoch - 1].monitored if best_epoch else math.nan
     model = SegmentationModel(
         net=net, config=cfg, pixel_size_um=target_px, normalization={}, rf_radius_px=rf,
         device=device,
@@ -532,7 +520,7 @@ def train_segmentation(
     save_model_folder(
         out,
         config=config_json,
-        state_dict=best_state,
+        state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},
         normalization=normalization,
         metrics=metrics,
         provenance=prov,
