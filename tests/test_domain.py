@@ -146,3 +146,32 @@ def test_combined_flags_need_every_model():
     assert out["pred_in_domain"].tolist() == [True, False, False]
     assert out["pred_image_in_domain_stiffness_pa"].tolist() == [True, True, False]
     assert out["pred_image_in_domain"].tolist() == [True, True, False]
+
+
+def test_predict_records_the_domain_and_explain_feeds_the_report(trained, tmp_path):
+    """predict.json summarises the domain; `mechanoscope explain` (a subprocess) writes what the report shows."""
+    import subprocess
+    import sys
+
+    from mechanoscope.pipeline.evaluation import evaluate_run
+    from mechanoscope.pipeline.predict import predict_run
+    from mechanoscope.report import write_report
+
+    run, res = trained
+    out = tmp_path / "pred"
+    info = predict_run(run, [res.model_dir], out)
+    assert info["domain"]["models"]["label"]["checked"] is True
+    assert info["domain"]["models"]["label"]["n_images"] == 20
+    exe = [sys.executable, "-c", "from mechanoscope.cli.main import main; main()"]
+    r = subprocess.run([*exe, "explain", str(out), "--model", str(res.model_dir), "--per-class", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    said = r.stdout + r.stderr
+    assert "of the attribution on the cell" in said and "domain:" in said
+    exp = json.loads((out / "explain" / "explanation.json").read_text())
+    a = exp["attributions"][0]
+    assert a["method"] == "integrated_gradients" and a["fraction_on_cell_median"] > a["area_fraction_median"]
+    assert (out / "explain" / a["figure"]).is_file() and (out / "explain" / "embedding.png").is_file()
+    bad = subprocess.run([*exe, "explain", str(out), "--model", str(res.model_dir), "--method", "saliency"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr + bad.stdout and "choose one of" in bad.stderr + bad.stdout
+    html = write_report(out, evaluation=evaluate_run(out)).read_text()
+    assert "Applicability domain" in html and "Attribution maps: label" in html and "Embedding map" in html

@@ -59,6 +59,8 @@ def predict(
             return
     else:
         summary = f"predicted {info['n_cells']} cells in {info['n_images']} images ({info['crops_per_second']} crops/s) → {out / 'cells.parquet'}"
+    if info["n_cells"] and (info.get("domain") or {}).get("note"):
+        console.print(f"domain: {escape(info['domain']['note'])}")
     finish_batch(len(failed), len(info.get("status", [])), info.get("record_path", out / "run.json"), summary)
 
 

@@ -17,6 +17,12 @@ from mechanoscope.io import write_json
 __all__ = ["predict_run"]
 
 
+def _domain_summary(table: pd.DataFrame, models: list) -> dict:
+    from mechanoscope.learn.domain import domain_summary
+
+    return domain_summary(table, models)
+
+
 def _is_run(path: Path) -> bool:
     return path.is_dir() and (path / "cells.parquet").exists() and (path / "crops.zarr").exists()
 
@@ -187,6 +193,7 @@ def predict_run(
         "target": ", ".join(m.config["target"] for m in loaded),
         "interval_level": reg.config["interval_level"] if reg else None,
         "interval_method": "split-conformal on held-out calibration images" if reg else None,
+        "domain": _domain_summary(table, loaded),  # cells/images unlike the training images (learn/domain.py)
         "columns": [str(c) for c in table.columns if str(c).startswith("pred_") or c == "split"],
         "n_cells": int(n),
         "n_images": int(table["image_id"].nunique()) if n else 0,

@@ -296,6 +296,8 @@ Add measured stiffness (column <code>stiffness_pa</code>, in Pa) or true classes
 
 {{ comparison_html | safe }}
 
+{{ explanation_html | safe }}
+
 {{ tracking_html | safe }}
 
 {% if figures %}
@@ -352,6 +354,8 @@ def write_report(
     comparison: Mapping[str, Any] | None = None,
     superplot_png: bytes | None = None,
     tracking: Any | None = None,
+    explanation: Mapping[str, Any] | None = None,
+    explanation_pngs: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write a self-contained HTML report of an evaluated run folder.
 
@@ -373,6 +377,11 @@ def write_report(
         A condition comparison (``ConditionComparison.to_dict()``) and its SuperPlot for
         the comparison section; default: ``RUN/comparison/comparison.json`` and
         ``superplot.png`` when ``mechanoscope compare RUN`` wrote them.
+    explanation, explanation_pngs
+        Attribution maps, embedding map and domain summary
+        (:func:`mechanoscope.pipeline.explain.explain_run`'s result and its figures by
+        file name) for the explanation section; default: ``RUN/explain/`` when
+        ``mechanoscope explain RUN`` wrote it.
     tracking
         Tracking results (:class:`mechanoscope.track.TrackOutputs`) for the tracking section
         (tracks coloured by stiffness, stiffness against time per condition); default: what
@@ -446,6 +455,11 @@ def write_report(
     if comparison is None and (found := read_comparison(run / "comparison")) is not None:
         comparison, superplot_png = found
     comparison_html = comparison_section_html(comparison, superplot_png) if comparison else ""
+    from mechanoscope.report.explanation_section import explanation_section_html, read_explanation
+
+    if explanation is None and (found_x := read_explanation(run / "explain")) is not None:
+        explanation, explanation_pngs = found_x
+    explanation_html = explanation_section_html(explanation, explanation_pngs) if explanation else ""
     if tracking is None:
         from mechanoscope.track.outputs import find_track_outputs
 
@@ -482,6 +496,7 @@ def write_report(
         figures=figures,
         notes=notes,
         comparison_html=comparison_html,
+        explanation_html=explanation_html,
         tracking_html=tracking_html,
     )
     with atomic_path(target) as tmp:
