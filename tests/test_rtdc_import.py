@@ -89,3 +89,25 @@ def test_mask_with_artefact_keeps_the_cell(tmp_path):
     res = import_rtdc(path, tmp_path / "run")
     assert res.n_imported == 10 and (res.table.rtdc_mask_objects > 1).any()
     assert (res.table.groupby("image_id").size() == 1).all()  # one row per event
+
+
+def test_events_outside_the_table_are_counted_with_what_to_check(tmp_path):
+    path = _file("naiad-capture_blood_pipeline.rtdc")  # blood cells, far more deformed than the table's cells
+    res = import_rtdc(path, tmp_path / "run", {"max_events": 6, "crop_pixels": 16})
+    assert res.n_outside_lut == 6 and res.table.rtdc_youngs_modulus_pa.isna().all()
+    note = res.notes[0]
+    assert path.name in note and "6 of 6 event(s)" in note and "more deformed" in note
+    assert "--channel-width-um" in note and "--flow-rate-ul-s" in note and "--lut" in note
+    assert pd.read_json(tmp_path / "run" / "rtdc.json", typ="series")["notes"] == res.notes
+
+
+def test_labels_table_is_joined_by_event_and_bad_tables_are_refused(tmp_path):
+    path = _file("fmt-hdf5_fl_wide-channel_2023__wide_channel_issue_212.rtdc")
+    labels = pd.DataFrame({"file": [path.name, path.name, "other.rtdc"], "rtdc_event": [0, 3, 0], "reference_pa": [1.0, 2.0, 9.0]})
+    res = import_rtdc(path, tmp_path / "run", {"max_events": 4, "crop_pixels": 16}, labels=labels)
+    got = res.table.set_index("rtdc_event")["reference_pa"]
+    assert got[0] == 1.0 and got[3] == 2.0 and got[[1, 2]].isna().all()
+    for bad, words in ((labels.drop(columns="rtdc_event"), "no 'rtdc_event'"), (labels.assign(file="x.rtdc"), "no event of this file"),
+                       (labels.assign(rtdc_deform=0.1), "would replace"), (pd.concat([labels, labels]), "more than once")):
+        with pytest.raises(RTDCReadError, match=words):
+            import_rtdc(path, tmp_path / "bad", {"max_events": 2, "crop_pixels": 16}, labels=bad)

@@ -32,6 +32,7 @@ def import_(
     crop_size_um: float = typer.Option(25.0, help="Edge length of each crop in µm."),
     crop_pixels: int = typer.Option(64, help="Edge length of each crop in pixels."),
     max_events: Optional[int] = typer.Option(None, help="Import only the first N events."),
+    labels: Optional[Path] = typer.Option(None, help="Per-event table (Parquet/CSV) with rtdc_event (and file) columns whose other columns (e.g. stiffness_pa, condition) are added to the cells, e.g. truth.parquet of 'simulate channel'."),
     require_modulus: bool = typer.Option(False, "--require-modulus", help="Fail when the file lacks metadata the modulus look-up needs (default: import with a NaN modulus and say what to pass)."),
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file with RTDCImportConfig fields; flags typed explicitly override it."),
 ) -> None:
@@ -50,15 +51,22 @@ def import_(
                  "require_modulus": require_modulus}
         base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
         cfg = RTDCImportConfig.build(**base)
+        table = None
+        if labels is not None:
+            from mechanoscope.io.tables import read_table
+
+            table = read_table(labels)
         with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
             task = bar.add_task("importing", total=None)
-            res = import_rtdc(file, out, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            res = import_rtdc(file, out, cfg, labels=table, progress=lambda i, n: bar.update(task, completed=i, total=n))
     s = res.settings
     if res.no_modulus:
         console.print("[yellow]no Young's modulus:[/yellow] " + escape(res.no_modulus))
     else:
         console.print(escape(f"look-up {s['lut']}, medium {s['medium']}, viscosity model {s['viscosity_model']}, "
                              f"channel {s['channel_width_um']:g} µm, flow {s['flow_rate_ul_s']:g} µL/s, temperature: {s['temperature_source']}"))
+    for note in res.notes:
+        console.print("[yellow]note:[/yellow] " + escape(note))
     outside = f"; {res.n_outside_lut} outside the look-up table (modulus NaN)" if res.n_outside_lut else ""
     skipped = f"; {res.n_skipped} skipped (empty mask)" if res.n_skipped else ""
     console.print(escape(f"imported {res.n_imported} of {res.n_events} event(s){outside}{skipped}, "

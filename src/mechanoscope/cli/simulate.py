@@ -136,6 +136,52 @@ def afm(
     console.print(f"wrote {len(truth)} curves in {truth['file'].nunique()} file(s) and truth.parquet to {out}")
 
 
+@simulate_app.command("channel")
+def channel(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (.rtdc file(s), truth.parquet, simulation.json)."),
+    n_events: int = typer.Option(200, help="Events (cells) without --conditions."),
+    youngs_modulus_range_pa: tuple[float, float] = typer.Option((600.0, 3000.0), help="E drawn log-uniformly in this range (Pa), without --conditions."),
+    conditions: Optional[str] = typer.Option(None, help="Named conditions with replicates, one .rtdc per replicate sample: a preset ('passage', 'macrophage') or comma-separated names with --condition-medians-pa."),
+    condition_medians_pa: Optional[str] = typer.Option(None, help="Comma-separated median modulus (Pa) of each condition named in --conditions."),
+    replicates: int = typer.Option(3, help="Replicate samples per condition, with --conditions."),
+    replicate_sd_ln: float = typer.Option(0.15, help="SD of the log-normal replicate effect on the median modulus, with --conditions."),
+    events_per_sample: int = typer.Option(100, help="Events per replicate sample, with --conditions."),
+    channel_width_um: float = typer.Option(20.0, help="Channel width (µm)."),
+    flow_rate_ul_s: float = typer.Option(0.04, help="Flow rate (µL/s)."),
+    medium: str = typer.Option("CellCarrierB", help="Medium dclab knows (CellCarrierB, CellCarrier, 0.83% MC-PBS, water)."),
+    temperature_c: float = typer.Option(23.0, help="Temperature (°C)."),
+    pixel_size_um: float = typer.Option(0.34, help="Instrument pixel size (µm)."),
+    mask: str = typer.Option("segmented", help="segmented (threshold against the background, like the instrument) or true (the true contour)."),
+    config: Optional[Path] = typer.Option(None, help="JSON/YAML file with a ChannelSimConfig; flags given explicitly override it."),
+    seed: int = typer.Option(0, help="Random seed; same seed → identical files."),
+    overwrite: bool = typer.Option(False, help="Replace .rtdc files already in --out."),
+) -> None:
+    """Simulate an RT-DC measurement: cells with known E deformed as dclab's look-up table says, as .rtdc files.
+
+    Import with 'mechanoscope rtdc import FILE --labels OUT/truth.parquet' to get the
+    look-up-table modulus next to the true one.
+    """
+    from mechanoscope.simulate.channel import ChannelSimConfig, simulate_channel
+
+    with user_errors():
+        base = ChannelSimConfig.from_file(config).model_dump() if config else {}
+        flags = {"n_events": n_events, "youngs_modulus_range_pa": youngs_modulus_range_pa, "events_per_sample": events_per_sample,
+                 "channel_width_um": channel_width_um, "flow_rate_ul_s": flow_rate_ul_s, "medium": medium,
+                 "temperature_c": temperature_c, "mask": mask}
+        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
+        if config is None or flag_given(ctx, "pixel_size_um"):
+            base["optics"] = {**dict(base.get("optics") or {}), "pixel_size_um": pixel_size_um}
+        if conditions is not None:
+            base["conditions"] = _conditions_design(conditions, condition_medians_pa, replicates, replicate_sd_ln, False)
+        cfg = ChannelSimConfig.build(**base)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("simulating", total=None)
+            sim = simulate_channel(out, cfg, seed=seed, overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    outside = f" ({sim.n_outside_lut} drawn cell(s) outside the look-up table left out)" if sim.n_outside_lut else ""
+    console.print(f"wrote {len(sim.truth)} events in {len(sim.files)} .rtdc file(s) and truth.parquet to {out}{outside}")
+
+
 @simulate_app.command("timelapse")
 def timelapse(
     ctx: typer.Context,

@@ -16,7 +16,7 @@ import numpy as np
 
 from mechanoscope.errors import MechanoscopeError
 
-__all__ = ["RTDCReadError", "RTDCSetup", "open_rtdc", "rtdc_setup"]
+__all__ = ["RTDCReadError", "RTDCSetup", "open_rtdc", "rtdc_setup", "write_rtdc"]
 
 
 class RTDCReadError(MechanoscopeError):
@@ -86,3 +86,37 @@ def _num(v: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return f if np.isfinite(f) and f > 0 else None
+
+
+def write_rtdc(path: str | os.PathLike[str], features: dict[str, np.ndarray], metadata: dict[str, dict[str, Any]]) -> Path:
+    """Write events as an ``.rtdc`` file with dclab's ``RTDCWriter`` (temporary name, then renamed).
+
+    Parameters
+    ----------
+    path
+        Output file.
+    features
+        dclab feature name → array with one entry per event (``image``/``image_bg``:
+        (N, Y, X) uint8, ``mask``: (N, Y, X) bool, scalar features: (N,)).
+    metadata
+        dclab metadata sections (``experiment``, ``imaging``, ``setup``, …).
+
+    Raises
+    ------
+    RTDCReadError
+        dclab refuses a feature or metadata key (the message names the file).
+    """
+    from dclab import RTDCWriter
+
+    from mechanoscope.io.atomic import atomic_path
+
+    p = Path(path)
+    try:
+        with atomic_path(p) as tmp:
+            with RTDCWriter(tmp, mode="reset") as writer:
+                writer.store_metadata(metadata)
+                for name, data in features.items():
+                    writer.store_feature(name, np.asarray(data))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RTDCReadError(f"{p}: dclab could not write the events ({exc})") from None
+    return p

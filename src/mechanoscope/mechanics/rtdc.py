@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -38,7 +38,7 @@ from pydantic import Field
 from mechanoscope.config import StrictConfig
 from mechanoscope.io.rtdc import RTDCReadError, open_rtdc, rtdc_setup
 
-__all__ = ["RTDCImportConfig", "RTDCImportResult", "import_rtdc", "rtdc_youngs_modulus_pa"]
+__all__ = ["RTDCImportConfig", "RTDCImportResult", "import_rtdc", "lut_coverage_note", "rtdc_youngs_modulus_pa"]
 
 
 class RTDCImportConfig(StrictConfig):
@@ -60,23 +60,60 @@ class RTDCImportConfig(StrictConfig):
 
 def rtdc_youngs_modulus_pa(area_um2: np.ndarray, deform: np.ndarray, *, medium: str | float, channel_width_um: float,
                            flow_rate_ul_s: float, pixel_size_um: float, temperature_c: float | np.ndarray | None,
-                           lut: str = "LE-2D-FEM-19", viscosity_model: str | None = "buyukurganci-2022") -> np.ndarray:
+                           lut: str = "LE-2D-FEM-19", viscosity_model: str | None = "buyukurganci-2022",
+                           notes: list[str] | None = None) -> np.ndarray:
     """dclab's apparent Young's modulus (Pa) per event; NaN outside the look-up table.
 
     ``medium`` is a name dclab knows or a viscosity in mPa·s (then ``temperature_c``
-    and ``viscosity_model`` are not used).
+    and ``viscosity_model`` are not used). dclab's warning that the temperature lies
+    outside the viscosity model's range is appended to ``notes`` when given.
     """
     from dclab.features.emodulus import get_emodulus
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dclab warns per call about values outside the table: we count them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # dclab warns per call about values outside the table: we count them
         kpa = get_emodulus(
             area_um=np.asarray(area_um2, dtype=float), deform=np.asarray(deform, dtype=float), medium=medium,
             channel_width=float(channel_width_um), flow_rate=float(flow_rate_ul_s), px_um=float(pixel_size_um),
             temperature=None if isinstance(medium, float) else temperature_c, lut_data=lut,
             visc_model=None if isinstance(medium, float) else viscosity_model,
         )
+    if notes is not None:
+        notes.extend(sorted({f"viscosity: {w.message}" for w in caught if type(w.message).__name__ == "TemperatureOutOfRangeWarning"}))
     return np.asarray(kpa, dtype=float) * 1e3
+
+
+def lut_coverage_note(path: Path, area_um2: np.ndarray, deform: np.ndarray, emod_pa: np.ndarray, settings: dict[str, Any]) -> str:
+    """Why events have no modulus: counts beyond the table's area / deformation and what to check.
+
+    Empty when every event has a modulus. When most events are outside, the channel
+    settings (width, flow rate, medium) or the table are the likely cause and the note
+    says which options to pass.
+    """
+    from dclab.features.emodulus.load import load_lut
+    from dclab.features.emodulus.scale_linear import scale_area_um
+
+    out = ~np.isfinite(emod_pa)
+    n, k = int(out.size), int(out.sum())
+    if k == 0:
+        return ""
+    lut, meta = load_lut(settings["lut"])
+    a_max = float(scale_area_um(np.array([lut[:, 0].max()]), channel_width_in=meta["channel_width"],
+                                channel_width_out=settings["channel_width_um"])[0])
+    big = int(np.count_nonzero(out & (area_um2 > a_max)))
+    deformed = int(np.count_nonzero(out & (area_um2 <= a_max) & (deform > lut[:, 1].max())))
+    rest = k - big - deformed
+    parts = [f"{big} larger than the table's largest cell ({a_max:.0f} µm² in a {settings['channel_width_um']:g} µm channel)"] if big else []
+    if deformed:
+        parts.append(f"{deformed} more deformed than its most deformed cell ({lut[:, 1].max():.3f})")
+    if rest:
+        parts.append(f"{rest} stiffer or softer than the table covers at their size")
+    msg = (f"{path}: {k} of {n} event(s) lie outside the look-up table {settings['lut']} for a {settings['channel_width_um']:g} µm channel "
+           f"at {settings['flow_rate_ul_s']:g} µL/s ({'; '.join(parts)}); their modulus is NaN")
+    if k >= 0.5 * n:
+        msg += ("; with most events outside, check the channel width, flow rate and medium the file records "
+                "(pass --channel-width-um, --flow-rate-ul-s, --medium or --viscosity-mpa-s) or choose another --lut")
+    return msg
 
 
 @dataclass
@@ -93,6 +130,8 @@ class RTDCImportResult:
     settings: dict[str, Any]
     no_modulus: str = ""
     """Why no event has a modulus (metadata missing, with what to pass); empty when computed."""
+    notes: list[str] = field(default_factory=list)
+    """Events outside the look-up table (counts, likely cause, what to pass), temperature outside the viscosity model."""
 
 
 def _settings(ds: Any, path: Path, cfg: RTDCImportConfig) -> dict[str, Any]:
@@ -131,19 +170,50 @@ def _settings(ds: Any, path: Path, cfg: RTDCImportConfig) -> dict[str, Any]:
             "viscosity_model": None if isinstance(medium, float) else cfg.viscosity_model}
 
 
+def _labels_for(labels: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The rows of a per-event table that belong to ``path`` (checked before any work is done)."""
+    if "rtdc_event" not in labels.columns:
+        raise RTDCReadError(f"{path}: the labels table has no 'rtdc_event' column (the event index in the file); it has {list(labels.columns)}")
+    lab = labels
+    if "file" in lab.columns:
+        lab = lab[lab["file"].astype(str).map(lambda f: Path(f).name) == path.name].drop(columns=["file"])
+        if lab.empty:
+            raise RTDCReadError(f"{path}: the labels table lists no event of this file (its 'file' column names {sorted(set(map(str, labels['file'])))[:5]})")
+    if lab["rtdc_event"].duplicated().any():
+        raise RTDCReadError(f"{path}: the labels table lists an event more than once (rtdc_event {int(lab.loc[lab['rtdc_event'].duplicated(), 'rtdc_event'].iloc[0])})")
+    return lab
+
+
+def _attach_labels(cells: pd.DataFrame, lab: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Join this file's rows of a per-event table on ``rtdc_event``."""
+    clash = sorted(set(lab.columns) & set(cells.columns) - {"rtdc_event"})
+    if clash:
+        raise RTDCReadError(f"{path}: labels column(s) {clash} would replace columns of the RT-DC cell table; rename them")
+    lab = lab.assign(rtdc_event=lab["rtdc_event"].astype(np.int64))
+    return cells.merge(lab, on="rtdc_event", how="left", validate="one_to_one")
+
+
 def import_rtdc(
     path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     config: RTDCImportConfig | dict[str, Any] | None = None,
     *,
+    labels: pd.DataFrame | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RTDCImportResult:
     """Import an RT-DC file's events into a run folder (cell table + crop store).
 
+    ``labels`` is an optional per-event table (e.g. ``truth.parquet`` of ``simulate
+    channel``, or reference values, classes, condition and replicate of each event) with
+    an ``rtdc_event`` column (the event's index in the file) and, when it lists several
+    files, a ``file`` column naming them; its other columns are added to the cells
+    (``stiffness_pa``, ``label``, ``condition``, …). Events it does not list get NaN.
+
     Raises
     ------
     RTDCReadError
-        Unreadable file, no event images or masks, no pixel size; missing metadata the
+        Unreadable file, no event images or masks, no pixel size, a labels table
+        without ``rtdc_event`` or whose columns clash with RT-DC ones; missing metadata the
         look-up needs only with ``require_modulus`` (else the events are imported with a
         NaN modulus and ``no_modulus`` says what to pass). Events outside the look-up
         table get NaN and are counted.
@@ -158,6 +228,7 @@ def import_rtdc(
     cfg = config if isinstance(config, RTDCImportConfig) else RTDCImportConfig.build(**dict(config or {}))
     p = Path(path)
     t0 = time.perf_counter()
+    lab = _labels_for(labels, p) if labels is not None else None
     ds = open_rtdc(p)
     feats = set(ds.features_innate)
     for need, why in (("image", "event images (crops)"), ("mask", "event masks (the cell outline)"),
@@ -183,12 +254,16 @@ def import_rtdc(
               "pixel_size_um": float(px), "medium": cfg.medium or s.medium, "temperature": cfg.temperature_c or s.temperature_c,
               "temperature_source": "missing", "lut": cfg.lut, "viscosity_model": cfg.viscosity_model}
     temp = st["temperature"][:n] if isinstance(st["temperature"], np.ndarray) else st["temperature"]
+    notes: list[str] = []
     if no_modulus:
         emod = np.full(n, np.nan)
     else:
         emod = rtdc_youngs_modulus_pa(area, deform, medium=st["medium"], channel_width_um=st["channel_width_um"],
                                       flow_rate_ul_s=st["flow_rate_ul_s"], pixel_size_um=st["pixel_size_um"],
-                                      temperature_c=temp, lut=st["lut"], viscosity_model=st["viscosity_model"])
+                                      temperature_c=temp, lut=st["lut"], viscosity_model=st["viscosity_model"], notes=notes)
+        note = lut_coverage_note(p, area, deform, emod, st)
+        if note:
+            notes.insert(0, note)
     bright = np.asarray(ds["bright_avg"][:n], float) if "bright_avg" in ds.features else np.full(n, np.nan)
     ecfg = ExtractConfig.build(crop={"crop_size_um": cfg.crop_size_um, "crop_pixels": cfg.crop_pixels})
     out = Path(out_dir)
@@ -222,6 +297,8 @@ def import_rtdc(
             writer.abort()
             raise RTDCReadError(f"{p}: none of its {n} event(s) has a non-empty mask; nothing imported")
     cells = pd.concat(rows, ignore_index=True)
+    if lab is not None:
+        cells = _attach_labels(cells, lab, p)
     medium_name = f"viscosity {st['medium']} mPa·s" if isinstance(st["medium"], float) else st["medium"]
     cells = cells.assign(rtdc_lut=st["lut"], rtdc_viscosity_model=st["viscosity_model"] or "none", rtdc_medium=str(medium_name),
                          rtdc_channel_width_um=st["channel_width_um"] or np.nan, rtdc_flow_rate_ul_s=st["flow_rate_ul_s"] or np.nan,
@@ -233,7 +310,7 @@ def import_rtdc(
     settings["temperature_c"] = None if isinstance(st["temperature"], np.ndarray) else st["temperature"]
     summary = {
         "config": cfg.model_dump(mode="json"), "settings": settings, "source": str(p), "n_events": n_all,
-        "n_imported": int(len(cells)), "n_outside_lut": n_out, "skipped": skipped, "no_modulus": no_modulus,
+        "n_imported": int(len(cells)), "n_outside_lut": n_out, "skipped": skipped, "no_modulus": no_modulus, "notes": notes,
         "events_per_second": round(n / seconds, 2) if seconds > 0 else None,
         "outputs": {"cells": "cells.parquet", "crops": "crops.zarr"},
         "provenance": {"function": "mechanoscope.mechanics.rtdc.import_rtdc", "mechanoscope": __version__,
@@ -241,4 +318,4 @@ def import_rtdc(
     }
     write_json(summary, out / "rtdc.json")
     return RTDCImportResult(out, cells, n_all, int(len(cells)), n_out, len(skipped), n / seconds if seconds > 0 else float("inf"),
-                            settings, no_modulus)
+                            settings, no_modulus, notes)
