@@ -28,9 +28,11 @@ from mechanoscope.errors import MechanoscopeError
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import TrainingData, check_target, group_split, load_run, normalise_crops, resolve_task
 from mechanoscope.learn.uncertainty import conformal_quantile, expected_calibration_error, fit_temperature, softmax_t
+from mechanoscope.nn.inference import forward_tta
+from mechanoscope.nn.inference import predict_batched as predict_outputs
 from mechanoscope.nn.training import EarlyStopping
 
-__all__ = ["train_model", "train_networks", "best_epochs", "EarlyStopping", "TrainResult", "ProgressFn"]
+__all__ = ["train_model", "train_networks", "best_epochs", "EarlyStopping", "TrainResult", "ProgressFn", "forward_tta", "predict_outputs"]
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total)."""
@@ -62,44 +64,6 @@ def _set_threads(n: int) -> None:
 def _batches(n: int, size: int):
     for s in range(0, n, size):
         yield slice(s, min(s + size, n))
-
-
-def forward_tta(net, xt, tta: bool):
-    """Network output, averaged over the 8 rotations/flips of the crops if ``tta``.
-
-    Cells have no preferred orientation, so the 8 dihedral views are equally valid;
-    averaging their outputs (logits, or standardised log-modulus) lowers the variance
-    of a prediction at 8× the inference cost.
-    """
-    torch = _torch()
-    if not tta:
-        return net(xt)
-    acc = None
-    for flip in (False, True):
-        v = torch.flip(xt, dims=(3,)) if flip else xt
-        for k in range(4):
-            o = net(torch.rot90(v, k, dims=(2, 3)) if k else v)
-            acc = o if acc is None else acc + o
-    return acc / 8
-
-
-def predict_outputs(nets: list, x: np.ndarray, batch_size: int = 256, tta: bool = False, device: str = "auto") -> np.ndarray:
-    """Raw network outputs ``(K, N, n_out)`` of K networks on normalised crops x.
-
-    The networks run on ``device`` (``auto``: the CUDA GPU when there is one) and are
-    left there; the outputs come back as a NumPy array.
-    """
-    torch = _torch()
-    from mechanoscope.nn.device import select_device
-
-    dev = select_device(device)
-    outs = []
-    with torch.inference_mode():
-        for net in nets:
-            net.to(dev).eval()
-            parts = [forward_tta(net, torch.from_numpy(np.ascontiguousarray(x[sl])).to(dev), tta).float().cpu().numpy() for sl in _batches(len(x), batch_size)]
-            outs.append(np.concatenate(parts) if parts else np.zeros((0, 1), np.float32))
-    return np.stack(outs)
 
 
 def train_networks(

@@ -12,6 +12,7 @@ from mechanoscope.errors import (
     ConfigError,
     MechanoscopeError,
 )
+from mechanoscope.nn.inference import forward_tta
 
 __all__ = ["tiling_plan", "predict_logits_tiled"]
 
@@ -82,6 +83,7 @@ def predict_logits_tiled(
     device: Any = None,
     tile_batch: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Network output of a whole normalised image, computed in overlapping tiles.
 
@@ -110,6 +112,9 @@ def predict_logits_tiled(
         Tiles per forward pass.
     progress
         Called as ``progress(done, total)`` after every batch of tiles.
+    tta
+        Average every tile's output over its 8 rotations and mirrors
+        (:func:`mechanoscope.nn.inference.forward_tta`, 8× the cost).
 
     Returns
     -------
@@ -140,7 +145,7 @@ def predict_logits_tiled(
             chunk = starts[b : b + tile_batch]
             batch = np.stack([padded[y0 : y0 + th, x0 : x0 + tw] for y0, x0, _, _ in chunk])
             x = torch.from_numpy(batch[:, None]).to(device)
-            y = net(x).float().cpu().numpy()
+            y = forward_tta(net, x, tta, dense=True).float().cpu().numpy()
             if out is None:
                 out = np.zeros((y.shape[1], hp, wp), dtype=np.float32)
             for k, (y0, x0, iy, ix) in enumerate(chunk):

@@ -200,6 +200,7 @@ def _model_grid_probabilities(
             stride=model.stride,
             device=model.device,
             tile_batch=inference.tile_batch,
+            tta=inference.test_time_augmentation,
             progress=progress,
         )
     finally:

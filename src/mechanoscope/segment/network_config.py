@@ -50,6 +50,13 @@ class SegmentationInferenceConfig(BaseModel):
         ),
     )
     tile_batch: int = Field(2, ge=1, description="Tiles passed through the network at once.")
+    test_time_augmentation: bool = Field(
+        False,
+        description=(
+            "Average the network's per-pixel output over the 8 rotations and mirrors of every "
+            "tile (8x the inference time)."
+        ),
+    )
     foreground_threshold: float = Field(
         0.5, gt=0, lt=1,
         description="A pixel is cell (interior or boundary) if p(interior) + p(boundary) exceeds this.",
