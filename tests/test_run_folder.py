@@ -79,11 +79,14 @@ def test_other_settings_are_refused_redone_or_overwritten_and_a_failed_run_never
     run.mark_done("a", files=[run.label_path("a")])
     with pytest.raises(OutputFolderError, match=r"different settings \(pixel_size_um: 0.5 → 0.25\).*--overwrite"):
         RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.25})
-    assert not RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.25}, on_other_settings="redo").finished("a")
     run = RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.5})
     assert run.finished("a")
     run.save()
-    assert not RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.5}, overwrite=True).finished("a")
+    run = RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.5}, overwrite=True)
+    assert not run.finished("a")
+    run.mark_done("a", files=[run.label_path("a")])
+    # a stage whose results are cheap to remake redoes every image instead of refusing
+    assert not RunFolder.open(out, "segment", {"method": "classical", "pixel_size_um": 0.25}, on_other_settings="redo").finished("a")
     # the stages keep their own sections
     RunFolder.open(out, "extract", {"config": 1}).save(complete=True)
     assert set(json.loads((out / "run.json").read_text())["stages"]) == {"segment", "extract"}
@@ -195,6 +198,20 @@ POINTS = {
             return real(path, *a, **k)
         images.write_label_image = write_label_image
     """, ["labels/.img_0002.tmp-"]),
+    # segment: half-way through writing the 1st label image (only a temporary file in labels/, nothing done)
+    "segment_first_image": ("""
+        import mechanoscope.io.images as images
+        from mechanoscope.io import atomic
+        real, n = images.write_label_image, [0]
+        def write_label_image(path, *a, **k):
+            n[0] += 1
+            if n[0] == 1:
+                with atomic.atomic_path(path) as tmp:
+                    tmp.write_bytes(b"half a label image")
+                    pause()
+            return real(path, *a, **k)
+        images.write_label_image = write_label_image
+    """, ["labels/.img_0000.tmp-"]),
     # extract: after the 2nd image's status is written (the 3rd not started)
     "extract_mid_images": ("""
         from mechanoscope.io.run_folder import RunFolder
@@ -245,7 +262,7 @@ POINTS = {
 
 
 def _args(point: str, sim: Path, model: Path, out: Path) -> list[str]:
-    if point == "segment":
+    if point.startswith("segment"):
         return ["segment", "run", str(sim / "images"), "--out", str(out)]
     if point.startswith("extract"):
         return ["extract", str(sim / "images"), str(sim / "labels"), "--out", str(out)]
@@ -282,7 +299,7 @@ def _assert_same_results(ref: Path, out: Path) -> None:
 def test_kill_9_in_the_middle_then_the_same_command_gives_the_same_run(point, sim, model, reference, tmp_path):
     code, left = POINTS[point]
     out = tmp_path / "out"
-    ref = reference["predict_run" if point == "predict_run" else "extract" if point.startswith("extract") else point]
+    ref = reference["predict_run" if point == "predict_run" else "extract" if point.startswith("extract") else "segment" if point.startswith("segment") else point]
     if point == "predict_run":  # predict RUN into the run folder extract made
         shutil.copytree(reference["extract"], out)
     marker = tmp_path / "marker"
@@ -311,7 +328,7 @@ def test_kill_9_in_the_middle_then_the_same_command_gives_the_same_run(point, si
     assert "Traceback" not in again.stderr
     _assert_same_results(ref, out)
     record = json.loads((out / "run.json").read_text())
-    stage = "segment" if point == "segment" else "extract" if point.startswith("extract") else "predict"
+    stage = "segment" if point.startswith("segment") else "extract" if point.startswith("extract") else "predict"
     section = record["stages"][stage]
     assert section["complete"] and section["n_failed"] == 0
     if point != "predict_run":
@@ -322,3 +339,31 @@ def test_kill_9_in_the_middle_then_the_same_command_gives_the_same_run(point, si
         assert json.loads((out / "extract.json").read_text())["n_resumed"] == N_IMAGES
     if point == "segment":
         assert "2 already done" in " ".join((again.stdout + again.stderr).split())
+
+
+def test_a_failed_predict_never_blocks_its_corrected_rerun(sim, model, tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from mechanoscope.cli.main import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((sim / "images").iterdir())[:2]:  # the same pixels without a pixel size
+        tifffile.imwrite(images / f"{p.stem}.tif", tifffile.imread(p))
+    out = tmp_path / "pred"
+    first = CliRunner().invoke(app, ["predict", str(images), "--model", str(model), "--out", str(out)])
+    assert first.exit_code == 1 and "no image could be processed" in " ".join(first.output.split())
+    section = json.loads((out / "run.json").read_text())["stages"]["predict"]
+    assert [e["stage"] for e in section["images"].values()] == ["segment: read"] * 2 and not section["complete"]
+    second = CliRunner().invoke(app, ["predict", str(images), "--model", str(model), "--out", str(out), "--pixel-size-um", "0.65"])
+    assert second.exit_code == 0, second.output
+    section = json.loads((out / "run.json").read_text())["stages"]["predict"]
+    assert section["complete"] and [e["status"] for e in section["images"].values()] == ["done"] * 2
+    assert section["settings"]["pixel_size_um"] == 0.65 and section["models"][0]["sha256"] == model_identity(model)["sha256"]
+    # --overwrite redoes every image; another model into the same folder is refused without it
+    third = CliRunner().invoke(app, ["predict", str(images), "--model", str(model), "--out", str(out), "--pixel-size-um", "0.6"])
+    assert third.exit_code == 2 and "different settings" in " ".join(third.output.split()) and "--overwrite" in third.output
+    fourth = CliRunner().invoke(app, ["predict", str(images), "--model", str(model), "--out", str(out), "--pixel-size-um", "0.6", "--overwrite"])
+    assert fourth.exit_code == 0, fourth.output
+    assert json.loads((out / "predict.json").read_text())["n_resumed"] == 0

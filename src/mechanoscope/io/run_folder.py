@@ -277,6 +277,7 @@ class RunFolder:
         if section is None and legacy is not None and not overwrite:
             section = legacy(root)
         settings = json.loads(json.dumps(dict(settings), default=atomic._json_default))  # as it reads back
+        cls(root, stage, record, settings).remove_temporaries()  # a killed run's half-written files are nobody's outputs
         done = bool(section) and any(isinstance(e, dict) and e.get("status") == "done" for e in section.get("images", {}).values())
         where = f"{root}"
         if overwrite:
@@ -309,8 +310,7 @@ class RunFolder:
                                        "created": record["stages"][stage]["started"]}
         folder = cls(root, stage, record, settings)
         folder._previous = record["stages"][stage]["images"]
-        record["stages"][stage]["images"] = {}
-        folder.remove_temporaries()
+        folder.save()  # from now on the folder says which stage is under way, also if killed before the first image
         return folder
 
     def remove_temporaries(self) -> list[Path]:
@@ -406,7 +406,10 @@ class RunFolder:
         """Rewrite ``run.json`` atomically with this stage's status (``extra``: more keys of its section)."""
         section = self.record["stages"][self.stage]
         section.update(extra)
-        section["images"] = self._images
+        if complete:
+            section["images"] = self._images
+        else:  # while under way, what an earlier run finished stays on record (a kill now loses nothing)
+            section["images"] = {**self._images, **{k: v for k, v in self._previous.items() if k not in self._images}}
         section["n_failed"] = len(self.failed)
         section["complete"] = bool(complete)
         if complete:
