@@ -242,6 +242,12 @@ def test_quality_control_failures_are_left_out():
     r = compare_replicated_conditions(cells, value="stiffness_pa")
     assert r.summary.n_cells.sum() == int(cells.qc_pass.sum())
     assert compare_replicated_conditions(cells, value="stiffness_pa", qc_only=False).summary.n_cells.sum() == len(cells)
+    assert not any("no qc_pass column" in m for m in r.messages)
+    # a table without the column: every cell is used, and the result says so (never a silent change)
+    r = compare_replicated_conditions(cells.drop(columns="qc_pass"), value="stiffness_pa")
+    assert r.summary.n_cells.sum() == len(cells) and any("no qc_pass column" in m for m in r.messages)
+    r = compare_replicated_conditions(cells.drop(columns="qc_pass"), value="stiffness_pa", qc_only=False)
+    assert not any("no qc_pass column" in m for m in r.messages)
 
 
 # ----------------------------------------------------------------------------- simulator

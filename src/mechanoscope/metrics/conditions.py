@@ -351,6 +351,9 @@ def _prepare(table: pd.DataFrame, cfg: ComparisonConfig) -> tuple[pd.DataFrame, 
         if (~keep).any():
             messages.append(f"{int((~keep).sum())} cell(s) failing quality control left out (qc_pass false)")
         t = t[keep]
+    elif cfg.qc_only:
+        messages.append("the cell table has no qc_pass column: every cell is used, none was left out by quality control "
+                        "(tables written by extract/predict have it; pass --all-cells to say this is intended)")
     cells = pd.DataFrame({
         "condition": t[cfg.by],
         "replicate": t[cfg.replicate] if cfg.replicate is not None else "all",
