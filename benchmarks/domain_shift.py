@@ -3,7 +3,8 @@
 A soft/stiff classifier and a Young's-modulus regressor are trained as the demo trains
 them (bright-field, 80 µm / 64 px crops, intensity + mask channels, test-time
 augmentation, the regressor on the AFM-measured cells and the classifier's split), on
-one simulated experiment, smaller than the demo's so that it runs in a few minutes.
+one simulated experiment of the demo's size by default (96 images of 512 px, 40
+epochs, at most 180 s per model; ``--train-images`` etc. to change).
 Fresh simulated experiments (other seeds) are then imaged
 
 * ``same``: like the training experiment;
@@ -16,9 +17,10 @@ and predicted. Cells are cut with the TRUE label images, so the figures measure 
 models and the domain score, not segmentation. For every experiment, on QC-passing
 cells with a true modulus: the 90 % interval coverage and mean APE of all cells and of
 the cells the domain check keeps (in domain for both models, in an in-domain image),
-the classifier's accuracy, the fraction of cells and of images flagged. Then the
-AUROC of the domain score for telling shifted from same-imaging images (image score:
-the median ``domain_score`` of its cells, the larger of the two models) and cells.
+the classifier's accuracy, the fraction of cells and of images flagged (and why:
+pixel size, native image statistics, crop scores). Then the AUROC of the domain score
+for telling shifted from same-imaging images (image score:
+``pred_image_domain_score_<target>``, the larger of the two models) and cells.
 
 Prints JSON. ``--quick``: a smaller smoke run.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import warnings
@@ -94,6 +97,8 @@ def _figures(t: pd.DataFrame) -> dict:
     ape = 100 * np.abs(pred - true) / true
     keep = sub["pred_in_domain"].astype(bool).to_numpy() & sub["pred_image_in_domain"].astype(bool).to_numpy()
     img = t.groupby("image_id")["pred_image_in_domain"].first().astype(bool)
+    why = t.groupby("image_id")["pred_image_domain_reason"].first().fillna("")
+    kinds = {"pixel_size": "pixel size", "native_image_statistics": "than in training", "crop_scores": "median crop domain score"}
     return {
         "n_images": int(t["image_id"].nunique()),
         "n_cells_scored": int(ok.sum()),
@@ -102,6 +107,9 @@ def _figures(t: pd.DataFrame) -> dict:
         "classifier_accuracy": float((sub["pred_label"].astype(str) == sub["label"].astype(str)).mean()),
         "fraction_cells_flagged": float(1 - t["pred_in_domain"].astype(bool).mean()),
         "fraction_images_flagged": float(1 - img.mean()),
+        "fraction_images_flagged_by": {k: float(why.str.contains(v, regex=False).mean()) for k, v in kinds.items()},
+        "fraction_intervals_marked_not_calibrated": float(1 - t["pred_interval_calibrated"].astype(bool).mean()),
+        "example_reason": next((r for r in why if r), None),
         "n_cells_kept": int(keep.sum()),
         "interval_coverage_kept": float(cover[keep].mean()) if keep.any() else None,
         "ape_mean_pct_kept": float(ape[keep].mean()) if keep.any() else None,
@@ -109,14 +117,23 @@ def _figures(t: pd.DataFrame) -> dict:
     }
 
 
+def _reference_info(folder: Path) -> dict:
+    meta = json.loads((folder / "domain.json").read_text())
+    il = meta.get("image_level") or {}
+    return {"held_out_fraction_cells_flagged": meta["held_out_fraction_flagged"], "n_held_out_images": meta["n_held_out_images"],
+            "image_threshold": meta["image_threshold"], "image_level_reference_images": il.get("n_reference_images"),
+            "image_level_threshold_z": il.get("threshold"), "image_level_guaranteed": il.get("level_guaranteed"),
+            "pixel_size_range_um": il.get("pixel_size_range_um")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-images", type=int, default=48)
-    ap.add_argument("--test-images", type=int, default=12)
-    ap.add_argument("--size-px", type=int, default=384)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--max-train-seconds", type=float, default=60.0)
+    ap.add_argument("--train-images", type=int, default=96)
+    ap.add_argument("--test-images", type=int, default=20)
+    ap.add_argument("--size-px", type=int, default=512)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--max-train-seconds", type=float, default=180.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
@@ -131,13 +148,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train_run = make_run(root / "train", _config(a.train_images, a.size_px), a.seed)
+        print(f"[{time.perf_counter() - t0:.0f} s] training experiment simulated and extracted", file=sys.stderr, flush=True)
         common = dict(epochs=a.epochs, seed=a.seed, max_train_seconds=a.max_train_seconds, num_threads=a.threads, tta=True)
         t = time.perf_counter()
         cls = train_model(train_run, TrainConfig.build(target="label", **common), root / "cls")
+        print(f"[{time.perf_counter() - t0:.0f} s] classifier trained: test accuracy {cls.metrics['test'].get('accuracy')}", file=sys.stderr, flush=True)
         reg = train_model(train_run, TrainConfig.build(target="afm_stiffness_pa", split_from=str(cls.model_dir), min_cells_per_class=5, **common), root / "reg")
+        print(f"[{time.perf_counter() - t0:.0f} s] regressor trained: {reg.metrics['test']}", file=sys.stderr, flush=True)
         out["training"] = {"seconds": round(time.perf_counter() - t, 1), "cells": cls.metrics["n_cells"], "classifier_test_accuracy": cls.metrics["test"].get("accuracy"),
                            "regressor_test": {k: reg.metrics["test"].get(k) for k in ("ape_mean_pct", "interval_coverage")},
-                           "domain_reference": {m: json.loads((root / m / "domain.json").read_text())["held_out_fraction_flagged"] for m in ("cls", "reg")}}
+                           "domain_reference": {m: _reference_info(root / m) for m in ("cls", "reg")}}
         models = [load_stiffness_model(cls.model_dir), load_stiffness_model(reg.model_dir)]
         per_shift, image_scores, cell_scores = {}, {}, {}
         for k, (name, shift) in enumerate(SHIFTS.items()):
@@ -150,7 +170,9 @@ def main() -> None:
             per_shift[name] = _figures(table)
             score = table[[c for c in table.columns if str(c).startswith("pred_domain_score_")]].max(axis=1)
             cell_scores[name] = score.to_numpy()
-            image_scores[name] = score.groupby(table["image_id"]).median().to_numpy()
+            img_score = table[[c for c in table.columns if str(c).startswith("pred_image_domain_score_")]].max(axis=1)
+            image_scores[name] = img_score.groupby(table["image_id"]).first().to_numpy()
+            print(f"[{time.perf_counter() - t0:.0f} s] {name}: {json.dumps(per_shift[name], default=float)}", file=sys.stderr, flush=True)
         out["per_shift"] = per_shift
         out["auroc_vs_same"] = {name: {"images": _auroc(image_scores[name], image_scores["same"]), "cells": _auroc(cell_scores[name], cell_scores["same"])}
                                 for name in SHIFTS if name != "same"}

@@ -23,10 +23,23 @@ out of domain when the median ``domain_score`` of its cells exceeds
 ``image_margin``), so an image-level flag says "imaged unlike the training images"
 rather than "one odd cell".
 
+The image threshold is an upper prediction bound for one more image's median score:
+on the log of the held-out images' medians, mean + t₍₁₋α, n−1₎ · sd · √(1 + 1/n)
+(α = ``image_alpha``, default 0.01; a finite-sample rule for the few held-out images
+there are), and never below their largest median.
+
+Crops are resampled to the model's pixel size, which hides a change of pixel size and
+much of a change of noise or focus; the image-level reference of
+:mod:`mechanoscope.learn.domain_image` (pixel-size range of the training images,
+native-image statistics calibrated leave-one-image-out) adds that evidence, and each
+image flagged says why (``pred_image_domain_reason``).
+
 The reference (``domain.safetensors``: means and precision matrices; ``domain.json``:
-thresholds and what they were calibrated on) is written into the model folder at
-training. A model folder from before has none: it still predicts, with a note that no
-domain check was possible.
+thresholds, the image-level reference and what they were calibrated on;
+``domain_version`` 2) is written into the model folder at training. A model folder
+without it still predicts, with a :class:`NoDomainReferenceWarning`; a folder with a
+version-1 reference (before the image-level checks) predicts with the crop-level check
+only and an :class:`OldDomainReferenceWarning`.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from mechanoscope.errors import MechanoscopeError, MechanoscopeWarning
+from mechanoscope.learn.domain_image import ImageDomainReference
 
 __all__ = [
     "DOMAIN_FILES",
@@ -48,19 +62,28 @@ __all__ = [
     "crop_statistics",
     "penultimate_features",
     "fit_domain_reference",
+    "image_median_threshold",
     "load_domain_reference",
     "domain_columns",
+    "judge_images",
     "domain_summary",
     "NoDomainReferenceWarning",
+    "OldDomainReferenceWarning",
+    "DOMAIN_VERSION",
 ]
 
 DOMAIN_FILES = ("domain.json", "domain.safetensors")
 STAT_NAMES = ("background_noise", "background_slope", "sharpness", "cell_contrast_sd", "cell_contrast_mean", "background_level_sd")
 SPACES = ("features", "image_stats")
+DOMAIN_VERSION = 2
 
 
 class NoDomainReferenceWarning(MechanoscopeWarning):
     """A model folder has no applicability-domain reference: no domain check is possible."""
+
+
+class OldDomainReferenceWarning(MechanoscopeWarning):
+    """A model folder's domain reference predates the image-level checks (pixel size, native image statistics)."""
 
 
 # --------------------------------------------------------------------------- features
@@ -173,6 +196,10 @@ class DomainReference:
         ``cell_quantile`` of the held-out cells' combined score (``domain_score`` = score / this).
     image_threshold
         An image is out of domain when the median ``domain_score`` of its cells exceeds it.
+    image_reference
+        Pixel-size range and native-image statistics of the training images
+        (:class:`~mechanoscope.learn.domain_image.ImageDomainReference`); None in a
+        version-1 reference or when the training table had no pixel sizes.
     info
         What the reference was fitted and calibrated on (written to ``domain.json``).
     """
@@ -184,6 +211,8 @@ class DomainReference:
     image_threshold: float
     channels: list[str]
     info: dict = field(default_factory=dict)
+    image_reference: ImageDomainReference | None = None
+    version: int = DOMAIN_VERSION
 
     def _distance(self, space: str, v: np.ndarray) -> np.ndarray:
         d = v - self.means[space]
@@ -221,8 +250,10 @@ class DomainReference:
             "component_scale": self.component_scale,
             "cell_threshold": self.cell_threshold,
             "image_threshold": self.image_threshold,
-            "score": "domain_score = combined score / cell_threshold; > 1 = out of domain; image out of domain when the median domain_score of its cells > image_threshold",
+            "score": "domain_score = combined score / cell_threshold; > 1 = out of domain; image out of domain when the median domain_score of its cells > image_threshold, or when its pixel size or native image statistics lie outside the training images' (image_level)",
             **self.info,
+            "domain_version": DOMAIN_VERSION,
+            "image_level": self.image_reference.to_dict() if self.image_reference is not None else None,
         }
         return {"domain.json": json.dumps(meta, indent=2), "domain.safetensors": save(tensors)}
 
@@ -231,6 +262,27 @@ def _quantile(v: np.ndarray, q: float) -> float:
     v = np.asarray(v, dtype=float)
     v = v[np.isfinite(v)]
     return float(np.quantile(v, q, method="higher")) if v.size else float("nan")
+
+
+def image_median_threshold(medians: np.ndarray, alpha: float = 0.01) -> float:
+    """Upper ``1 − alpha`` prediction bound for one more image's median ``domain_score``.
+
+    On the log of the held-out images' medians (n of them): mean + t₍₁₋α, n−1₎ · sd ·
+    √(1 + 1/n) — the normal-theory prediction interval, whose t quantile and √(1 + 1/n)
+    are the finite-sample correction for estimating mean and sd from few images — and
+    never below the largest median seen.
+    """
+    from scipy.stats import t as student_t
+
+    m = np.asarray(medians, dtype=float)
+    m = m[np.isfinite(m) & (m > 0)]
+    if not len(m):
+        return 1.0
+    if len(m) < 3:
+        return float(m.max() * 1.5)
+    lm = np.log(m)
+    bound = lm.mean() + student_t.ppf(1 - alpha, len(m) - 1) * lm.std(ddof=1) * np.sqrt(1 + 1 / len(m))
+    return float(max(np.exp(bound), m.max(), 1e-9))
 
 
 def fit_domain_reference(
@@ -242,9 +294,9 @@ def fit_domain_reference(
     *,
     channels: list[str],
     cell_quantile: float = 0.95,
-    image_quantile: float = 0.95,
-    image_margin: float = 1.1,
+    image_alpha: float = 0.01,
     held_out_splits: str = "val + calibration",
+    image_reference: ImageDomainReference | None = None,
 ) -> DomainReference:
     """Fit the reference on training cells and calibrate its thresholds on held-out cells.
 
@@ -256,10 +308,13 @@ def fit_domain_reference(
         The same for held-out cells (images the weights did not learn from).
     held_groups : (N_held,)
         Image (group) of every held-out cell, for the image threshold.
-    cell_quantile, image_quantile
-        Quantiles of held-out cells' scores / of held-out images' median scores that
-        set the thresholds; ``image_margin`` (≥ 1) multiplies the image threshold
-        because only a few held-out images estimate it.
+    cell_quantile
+        Quantile of held-out cells' scores that sets the cell threshold.
+    image_alpha
+        Level of the image threshold: an upper ``1 − image_alpha`` prediction bound
+        for one more image's median score (:func:`image_median_threshold`).
+    image_reference
+        The image-level reference (:func:`~mechanoscope.learn.domain_image.fit_image_reference`).
 
     Raises
     ------
@@ -287,15 +342,16 @@ def fit_domain_reference(
     ref.cell_threshold = _quantile(ref.raw_score(held_features, held_stats), cell_quantile) or 1.0
     s = ref.score(held_features, held_stats)
     medians = pd.Series(s).groupby(held_groups).median()
-    ref.image_threshold = float(max(_quantile(medians.to_numpy(), image_quantile) * image_margin, 1e-9))
+    ref.image_threshold = image_median_threshold(medians.to_numpy(), image_alpha)
+    ref.image_reference = image_reference
     ref.info = {
         "n_reference_cells": int(len(train_features)),
         "n_held_out_cells": int(len(held_features)),
         "n_held_out_images": int(len(medians)),
         "held_out_splits": held_out_splits,
         "cell_quantile": cell_quantile,
-        "image_quantile": image_quantile,
-        "image_margin": image_margin,
+        "image_alpha": image_alpha,
+        "image_threshold_rule": "upper prediction bound on log median scores of the held-out images: mean + t(1-alpha, n-1) sd sqrt(1 + 1/n), at least their largest median",
         "held_out_fraction_flagged": float(np.mean(s > 1)),
         "held_out_image_median_scores": [float(v) for v in medians.to_numpy()],
     }
@@ -303,39 +359,75 @@ def fit_domain_reference(
 
 
 def load_domain_reference(folder: str | Path) -> DomainReference | None:
-    """The reference stored in a model folder, or None when it has none (older folders)."""
+    """The reference stored in a model folder, or None when it has none.
+
+    A folder with neither file (a features baseline, a model trained before mechanoscope
+    had a domain check) gives None: the caller predicts with a
+    :class:`NoDomainReferenceWarning`. A version-1 reference (before the image-level
+    checks) loads with an :class:`OldDomainReferenceWarning`: only the crop-level check
+    runs. One file without the other, an unreadable file or a newer version is a
+    :class:`~mechanoscope.errors.MechanoscopeError` naming the file and what to do.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     p = Path(folder)
-    if not all((p / f).is_file() for f in DOMAIN_FILES):
+    have = [(p / f).is_file() for f in DOMAIN_FILES]
+    if not any(have):
         return None
+    if not all(have):
+        missing, present = (DOMAIN_FILES[0], DOMAIN_FILES[1]) if not have[0] else (DOMAIN_FILES[1], DOMAIN_FILES[0])
+        raise MechanoscopeError(f"{p / missing} is missing but {p / present} is there: the domain reference is incomplete; copy the model folder again, or delete {present} to predict without a domain check")
     try:
         meta = json.loads((p / "domain.json").read_text())
+        version = int(meta.get("domain_version", 1))
+        if version > DOMAIN_VERSION:
+            raise MechanoscopeError(f"{p / 'domain.json'}: domain reference version {version} was written by a newer mechanoscope (this one reads up to {DOMAIN_VERSION}); upgrade mechanoscope or retrain the model with this version")
         t = load_file(str(p / "domain.safetensors"))
-        return DomainReference(
+        image_ref = ImageDomainReference.from_dict(meta["image_level"]) if meta.get("image_level") else None
+        ref = DomainReference(
             means={s: t[f"{s}.mean"] for s in SPACES},
             precisions={s: t[f"{s}.precision"] for s in SPACES},
             component_scale={s: float(meta["component_scale"][s]) for s in SPACES},
             cell_threshold=float(meta["cell_threshold"]),
             image_threshold=float(meta["image_threshold"]),
             channels=list(meta["channels"]),
-            info={k: v for k, v in meta.items() if k not in ("component_scale", "cell_threshold", "image_threshold", "channels")},
+            info={k: v for k, v in meta.items() if k not in ("component_scale", "cell_threshold", "image_threshold", "channels", "image_level", "domain_version")},
+            image_reference=image_ref,
+            version=version,
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise MechanoscopeError(f"{p}: domain.json / domain.safetensors could not be read ({exc}); copy the model folder again or retrain") from exc
+    if version < DOMAIN_VERSION:
+        warnings.warn(f"{p / 'domain.json'}: domain reference version {version}, from before the image-level checks (pixel size, native image statistics); "
+                      "only the crop-level domain check runs for this model — retrain it to get the image-level checks", OldDomainReferenceWarning, stacklevel=2)
+    return ref
 
 
 # --------------------------------------------------------------------------- columns
-def domain_columns(reference: DomainReference | None, scores: np.ndarray | None, table: pd.DataFrame, target: str, *, where: str = "model") -> pd.DataFrame:
+def judge_images(reference: DomainReference | None, table: pd.DataFrame, local_background: np.ndarray | None = None) -> pd.DataFrame | None:
+    """Image-level verdict (:meth:`ImageDomainReference.judge`) per ``image_id`` of ``table``, or None without an image-level reference."""
+    if reference is None or reference.image_reference is None or not len(table):
+        return None
+    from mechanoscope.learn.domain_image import image_statistics
+
+    return reference.image_reference.judge(image_statistics(table, local_background))
+
+
+def domain_columns(reference: DomainReference | None, scores: np.ndarray | None, table: pd.DataFrame, target: str, *, where: str = "model",
+                   image_judgement: pd.DataFrame | None = None) -> pd.DataFrame:
     """Domain columns of one model's predictions, row-aligned with ``table``.
 
     ``pred_domain_score_<target>`` (> 1: out of domain), ``pred_in_domain_<target>``,
     ``pred_image_in_domain_<target>`` (the median score of the cell's image is below
-    the image threshold); then ``pred_in_domain`` and ``pred_image_in_domain``: every
-    model of the table (its ``pred_in_domain_*`` columns, this one included) says so.
-    Without a reference a :class:`NoDomainReferenceWarning` is issued and only the
-    combined columns of other models are carried.
+    the image threshold and, with ``image_judgement`` (:func:`judge_images`), the
+    image's pixel size and native statistics lie within the training images'),
+    ``pred_image_domain_reason_<target>`` (why the image is out of domain; empty when
+    in), ``pred_image_domain_score_<target>`` (the largest of the image's criteria,
+    each in units of its threshold: > 1 out of domain); then ``pred_in_domain``, ``pred_image_in_domain`` (every model of the table,
+    this one included, says so) and ``pred_image_domain_reason`` (the reasons of all
+    models). Without a reference a :class:`NoDomainReferenceWarning` is issued and only
+    the combined columns of other models are carried.
     """
     out = pd.DataFrame(index=table.index)
     if reference is None or scores is None:
@@ -345,13 +437,32 @@ def domain_columns(reference: DomainReference | None, scores: np.ndarray | None,
         out[f"pred_domain_score_{target}"] = s
         out[f"pred_in_domain_{target}"] = s <= 1.0
         groups = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(len(table), dtype=str)
-        med = pd.Series(s, index=table.index).groupby(groups).transform("median")
-        out[f"pred_image_in_domain_{target}"] = (med <= reference.image_threshold).to_numpy()
+        med = pd.Series(s, index=table.index).groupby(groups).transform("median").to_numpy()
+        thr = float(reference.image_threshold)
+        reason = np.where(med > thr, np.char.mod(f"median crop domain score %.2f above the threshold {thr:.2f} (the cells look unlike the training cells)", med), "")
+        reason = reason.astype(object)
+        img_score = med / thr
+        if image_judgement is not None and len(image_judgement):
+            j = image_judgement.reindex(groups)
+            jr = j["reason"].fillna("").to_numpy(dtype=object)
+            reason = np.array(["; ".join(r for r in pair if r) for pair in zip(reason, jr)], dtype=object)
+            factor = float(reference.image_reference.pixel_size_factor)
+            px_score = np.abs(np.log(j["pixel_size_ratio"].to_numpy(float))) / np.log(factor) if factor > 1 else np.zeros(len(j))
+            img_score = np.fmax(img_score, np.fmax(j["image_stats_score"].to_numpy(float), px_score))
+        out[f"pred_image_domain_score_{target}"] = img_score
+        out[f"pred_image_in_domain_{target}"] = reason == ""
+        out[f"pred_image_domain_reason_{target}"] = reason
     both = pd.concat([table.drop(columns=[c for c in out.columns if c in table.columns]), out], axis=1)
     for name, prefix in (("pred_in_domain", "pred_in_domain_"), ("pred_image_in_domain", "pred_image_in_domain_")):
         cols = [c for c in both.columns if str(c).startswith(prefix)]
         if cols:
             out[name] = both[cols].astype(bool).all(axis=1).to_numpy()
+    rcols = [c for c in both.columns if str(c).startswith("pred_image_domain_reason_")]
+    if rcols:
+        out["pred_image_domain_reason"] = [
+            "; ".join(dict.fromkeys(part for r in row if isinstance(r, str) for part in r.split("; ") if part))
+            for row in both[rcols].itertuples(index=False)
+        ]
     return out
 
 
@@ -368,8 +479,10 @@ def domain_summary(table: pd.DataFrame, models: list | None = None) -> dict:
     -------
     dict with ``models`` (per target: ``checked``, ``n_cells``, ``n_cells_out``,
     ``fraction_cells_out``, ``n_images``, ``images_out`` (ids), ``median_score``),
-    ``images`` (per image: cells, fraction of cells out, in domain for all models) and
-    ``note``: one plain sentence for the CLI's last lines and the report.
+    ``images`` (per image: cells, fraction of cells out, in domain for all models,
+    ``reason``), ``intervals`` (how many cells have ``pred_interval_calibrated`` false;
+    None without a regression model) and ``note``: plain sentences for the CLI's last
+    lines and the report.
     """
     targets: list[tuple[str, bool]] = []
     if models is not None:
@@ -388,6 +501,8 @@ def domain_summary(table: pd.DataFrame, models: list | None = None) -> dict:
         s = table[f"pred_domain_score_{t}"].to_numpy(dtype=float)
         img_ok = table.groupby("image_id")[f"pred_image_in_domain_{t}"].first() if len(table) else pd.Series(dtype=bool)
         out_imgs = sorted(map(str, img_ok.index[~img_ok.astype(bool)]))
+        rc = f"pred_image_domain_reason_{t}"
+        why = table.groupby("image_id")[rc].first() if rc in table.columns and len(table) else pd.Series(dtype=object)
         per_model[t] = {
             "checked": True,
             "n_cells": int(len(s)),
@@ -397,14 +512,25 @@ def domain_summary(table: pd.DataFrame, models: list | None = None) -> dict:
             "n_images": int(len(img_ok)),
             "n_images_out": len(out_imgs),
             "images_out": out_imgs,
+            "reasons": {i: str(why.get(i, "")) for i in out_imgs} if len(why) else {},
         }
         if out_imgs:
-            notes.append(f"model {t}: {len(out_imgs)} of {len(img_ok)} images look unlike its training images; predictions there are extrapolations and their intervals are not calibrated")
+            first = per_model[t]["reasons"].get(out_imgs[0]) if per_model[t]["reasons"] else None
+            notes.append(f"model {t}: {len(out_imgs)} of {len(img_ok)} images look unlike its training images; predictions there are extrapolations and their intervals are not calibrated"
+                         + (f" (e.g. {out_imgs[0]}: {first})" if first else ""))
     images: list[dict] = []
     if len(table) and "pred_in_domain" in table.columns:
         for image_id, grp in table.groupby("image_id", sort=True):
             images.append({"image_id": str(image_id), "n_cells": int(len(grp)), "fraction_cells_out": float(1 - grp["pred_in_domain"].astype(bool).mean()),
-                           "in_domain": bool(grp["pred_image_in_domain"].astype(bool).all()) if "pred_image_in_domain" in grp else None})
+                           "in_domain": bool(grp["pred_image_in_domain"].astype(bool).all()) if "pred_image_in_domain" in grp else None,
+                           "reason": str(grp["pred_image_domain_reason"].iloc[0]) if "pred_image_domain_reason" in grp else ""})
+    intervals = None
+    if len(table) and "pred_interval_calibrated" in table.columns:
+        ok = table["pred_interval_calibrated"].astype(bool)
+        intervals = {"n_cells": int(len(ok)), "n_not_calibrated": int((~ok).sum()),
+                     "meaning": "pred_interval_calibrated is false where the cell or its image lies outside the regression model's training domain (or no domain check was possible): the interval columns are kept, but their nominal coverage is not claimed there"}
+        if (~ok).any():
+            notes.append(f"{int((~ok).sum())} of {len(ok)} cells have intervals marked not calibrated (pred_interval_calibrated false) because they or their image lie outside the training domain")
     if not notes and any(v.get("checked") for v in per_model.values()):
         notes.append("every image lies within the training domain of the models")
-    return {"models": per_model, "images": images, "note": "; ".join(notes) if notes else "no model to check"}
+    return {"models": per_model, "images": images, "intervals": intervals, "note": "; ".join(notes) if notes else "no model to check"}

@@ -139,11 +139,16 @@ def predict_cells(
     ``pred_log10_sd`` when an ensemble or Gaussian loss gives a spread.
     Applicability domain (CNN models with a reference, :mod:`mechanoscope.learn.domain`):
     ``pred_domain_score_<target>`` (> 1: unlike the training cells),
-    ``pred_in_domain_<target>``, ``pred_image_in_domain_<target>`` and the combined
-    ``pred_in_domain`` / ``pred_image_in_domain``; intervals are calibrated only inside.
+    ``pred_in_domain_<target>``, ``pred_image_in_domain_<target>``,
+    ``pred_image_domain_reason_<target>`` and the combined ``pred_in_domain`` /
+    ``pred_image_in_domain`` / ``pred_image_domain_reason``. Regression adds
+    ``pred_interval_calibrated``: true only where the cell and its image lie inside the
+    model's domain (false, too, when no domain check was possible); the interval
+    columns are kept for every cell.
     """
     from mechanoscope.learn.data import normalise_crops
-    from mechanoscope.learn.domain import domain_columns
+    from mechanoscope.learn.data import crop_background
+    from mechanoscope.learn.domain import domain_columns, judge_images
     from mechanoscope.learn.train import _combine_regression, forward_tta
     from mechanoscope.learn.uncertainty import softmax_t
 
@@ -151,6 +156,7 @@ def predict_cells(
     n = len(table)
     out = pd.DataFrame(index=table.index)
     dom: list[np.ndarray] = []
+    local_bg: list[np.ndarray] = []  # each cell's raw background level, for the image-level domain check
     if cfg["model_type"] == "features":
         raw = model.members[0].raw_outputs(table) if n else None
     else:
@@ -167,17 +173,20 @@ def predict_cells(
         done = 0
         with torch.inference_mode():
             for s in range(0, n, batch_size):
-                x = normalise_crops(np.asarray(crops[s : s + batch_size], dtype=np.float32), channels, cfg["channels"], float(model.normalization["contrast_scale"]))
+                raw_batch = np.asarray(crops[s : s + batch_size], dtype=np.float32)
+                x = normalise_crops(raw_batch, channels, cfg["channels"], float(model.normalization["contrast_scale"]))
                 xt = torch.from_numpy(x).to(dev)
                 outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().cpu().numpy() for m in members]))
                 if model.domain is not None:
                     dom.append(model.domain.score_crops(members[0], xt))
+                    local_bg.append(crop_background(raw_batch))
                 done += len(x)
                 if progress:
                     progress(done, n)
         raw = np.concatenate(outs, axis=1) if outs else None
     scores = (np.concatenate(dom) if dom else np.zeros(0)) if model.domain is not None else None
-    with_domain = lambda o: o.join(domain_columns(model.domain, scores, table, cfg["target"], where=str(model.path)))  # noqa: E731
+    judged = judge_images(model.domain, table, np.concatenate(local_bg) if local_bg else None) if model.domain is not None else None
+    with_domain = lambda o: o.join(domain_columns(model.domain, scores, table, cfg["target"], where=str(model.path), image_judgement=judged))  # noqa: E731
     if cfg["task"] == "classification":
         classes = cfg["classes"]
         if n == 0:
@@ -211,4 +220,9 @@ def predict_cells(
     out[f"pred_hi_{unit}"] = to_unit(mu + width)
     if sd is not None:
         out["pred_log10_sd"] = sd * std
-    return with_domain(out)
+    out = with_domain(out)
+    # the conformal interval's coverage holds for cells like the calibration cells: claimed only inside the domain
+    t = cfg["target"]
+    inside = out[f"pred_in_domain_{t}"].astype(bool) & out[f"pred_image_in_domain_{t}"].astype(bool) if f"pred_in_domain_{t}" in out else pd.Series(False, index=out.index)
+    out["pred_interval_calibrated"] = inside.to_numpy(dtype=bool)
+    return out

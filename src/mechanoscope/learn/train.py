@@ -242,23 +242,36 @@ def _model_card(cfg: dict, metrics: dict, n_split: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_rows: np.ndarray, masks: dict, refit: bool, *, sub_groups: np.ndarray) -> dict:
+def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_rows: np.ndarray, masks: dict, refit: bool, *, sub_groups: np.ndarray,
+                            table: pd.DataFrame, raw_crops: np.ndarray) -> dict:
     """``domain.json`` + ``domain.safetensors`` (:mod:`mechanoscope.learn.domain`), or {} with a warning.
 
-    Reference: the cells the weights learnt from; calibration: the held-out cells the
-    weights never saw (validation + calibration images; calibration only after a refit).
+    Crop level: reference = the cells the weights learnt from; calibration = the
+    held-out cells the weights never saw (validation + calibration images; calibration
+    only after a refit). Image level (:mod:`mechanoscope.learn.domain_image`, no
+    network involved): every cell of every image that is not a test image, calibrated
+    leave-one-image-out.
     """
     import warnings
 
     from mechanoscope.errors import MechanoscopeWarning
+    from mechanoscope.learn.data import crop_background
     from mechanoscope.learn.domain import crop_statistics, fit_domain_reference, penultimate_features
+    from mechanoscope.learn.domain_image import fit_image_reference, image_statistics
 
     held = masks["calibration"] if refit else np.concatenate([masks["val"], masks["calibration"]])
+    image_ref = None
+    if "image_id" in table.columns:
+        ids = table["image_id"].astype(str)
+        test_images = set(ids.iloc[masks["test"]])
+        ref_images = set(ids.iloc[np.concatenate([masks[k] for k in ("train", "val", "calibration")])]) - test_images
+        rows = np.flatnonzero(ids.isin(ref_images).to_numpy())
+        image_ref = fit_image_reference(image_statistics(table.iloc[rows], crop_background(raw_crops[rows]) if len(rows) else None))
     try:
         ref = fit_domain_reference(
             penultimate_features(net, x_all[fit_rows]), crop_statistics(x_all[fit_rows], channels),
             penultimate_features(net, x_all[held]), crop_statistics(x_all[held], channels), sub_groups[held],
-            channels=channels, held_out_splits="calibration" if refit else "val + calibration")
+            channels=channels, held_out_splits="calibration" if refit else "val + calibration", image_reference=image_ref)
     except MechanoscopeError as exc:
         warnings.warn(f"no applicability-domain reference written: {exc}; predictions of this model will carry no domain check", MechanoscopeWarning, stacklevel=3)
         return {}
@@ -405,7 +418,8 @@ def train_model(
             refit_info["epochs_per_network"] = keep
         # outputs on the held-out splits only (training-set outputs are never used)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
-        domain_files = _domain_reference_files(nets[0], x_all, channels, fit_rows, masks, refit, sub_groups=table[config.group_column].astype(str).to_numpy())
+        domain_files = _domain_reference_files(nets[0], x_all, channels, fit_rows, masks, refit, sub_groups=table[config.group_column].astype(str).to_numpy(),
+                                               table=table, raw_crops=data.crops)
         for k, net in enumerate(nets):
             for name, tensor in net.state_dict().items():
                 state[f"member{k}.{name}"] = tensor

@@ -101,6 +101,14 @@ def domain_sentences(domain: Mapping[str, Any]) -> list[str]:
             shown = ", ".join(m["images_out"][:8]) + (" …" if len(m["images_out"]) > 8 else "")
             s += f" ({shown}): their predictions are extrapolations and their intervals are not calibrated"
         out.append(s + ".")
+    iv = domain.get("intervals") or {}
+    if iv.get("n_cells"):
+        if iv.get("n_not_calibrated"):
+            out.append(f"Intervals: {iv['n_not_calibrated']} of {iv['n_cells']} cells have their modulus interval marked as not calibrated "
+                       "(column pred_interval_calibrated is false) because the cell or its image lies outside the regression model's training domain; "
+                       "the interval is still shown, but its nominal coverage is not claimed there.")
+        else:
+            out.append(f"Intervals: all {iv['n_cells']} cells lie inside the regression model's domain, so their intervals are claimed as calibrated.")
     return out
 
 
@@ -120,11 +128,14 @@ _SECTION = """
 {% for s in domain_lines %}<p>{{ s }}</p>
 {% endfor %}
 <p>The domain score of a cell is its distance to the training cells in the network's own features and in simple image statistics
-(noise, illumination slope, sharpness, contrast), in units of the distance that 95 % of cells of held-out training images stay
-within; an image is flagged when its median cell is further out than the held-out images were. Coverage of the intervals is
-claimed only for cells inside the domain.</p>
-{% if images %}<table><tr><th>image</th><th>cells</th><th>% cells outside</th><th>image in domain</th></tr>
-{% for r in images %}<tr><td>{{ r.image_id }}</td><td class="num">{{ r.n_cells }}</td><td class="num">{{ "%.0f" | format(100 * r.fraction_cells_out) }}</td><td>{{ "yes" if r.in_domain else "no" }}</td></tr>
+of its crop (noise, illumination slope, sharpness, contrast), in units of the distance that 95 % of cells of held-out training images stay
+within. An image is flagged when its median cell lies further out than held-out images are expected to, when its pixel size lies
+outside the training images' range by more than the allowed factor, or when statistics of the native image before resampling
+(pixel noise, sharpness, contrast, intensity percentiles, illumination unevenness, typical cell area) lie outside what images of
+the training experiment showed (calibrated leave-one-image-out so that few images taken like the training images are flagged).
+Coverage of the intervals is claimed only for cells inside the domain.</p>
+{% if images %}<table><tr><th>image</th><th>cells</th><th>% cells outside</th><th>image in domain</th><th>why flagged</th></tr>
+{% for r in images %}<tr><td>{{ r.image_id }}</td><td class="num">{{ r.n_cells }}</td><td class="num">{{ "%.0f" | format(100 * r.fraction_cells_out) }}</td><td>{{ "yes" if r.in_domain else "no" }}</td><td>{{ r.reason or "" }}</td></tr>
 {% endfor %}</table>{% endif %}
 {% endif %}
 {% for a in attributions %}<h3>Attribution maps: {{ a.model }}</h3>
@@ -168,7 +179,7 @@ def explanation_section_html(explanation: Mapping[str, Any], pngs: Mapping[str, 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     return env.from_string(_SECTION).render(
         domain_lines=domain_sentences(domain) if domain else [],
-        images=[r for r in domain.get("images", []) if r.get("in_domain") is not None][:40],
+        images=sorted((r for r in domain.get("images", []) if r.get("in_domain") is not None), key=lambda r: bool(r["in_domain"]))[:40],  # flagged first
         attributions=atts,
         embedding=base64.b64encode(pngs[emb["figure"]]).decode("ascii") if emb.get("figure") in pngs else None,
         embedding_model=emb.get("model", ""),
