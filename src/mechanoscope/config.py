@@ -8,14 +8,15 @@ every output so that a result says how it was made.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mechanoscope.errors import ConfigError
 
-__all__ = ["StrictConfig", "load_config", "read_config_mapping", "validate_mapping", "validation_message"]
+__all__ = ["StrictConfig", "load_config", "merge_config", "read_config_mapping", "validate_mapping", "validation_message"]
 
 T = TypeVar("T", bound="StrictConfig")
 M = TypeVar("M", bound=BaseModel)
@@ -88,3 +89,59 @@ def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
         return cls(**data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + validation_message(cls, exc)) from None
+
+
+def merge_config(
+    cls: type[M],
+    path: str | os.PathLike[str] | None,
+    flags: Mapping[str, Any],
+    *,
+    typed: Iterable[str] | None = None,
+    renames: Mapping[str, str] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    what: str = "settings",
+) -> M:
+    """The one merge of a config file with the flags typed on the command line.
+
+    Parameters
+    ----------
+    cls
+        The configuration type (a pydantic model that rejects unknown keys).
+    path
+        JSON/YAML file with some of ``cls``'s fields, or ``None``.
+    flags
+        Command-line options, ``option name -> value``.
+    typed
+        Names of the options the user typed. With a file, only these override it (an
+        option's default never overrides a value from the file); without a file every
+        option's value is used, defaults included. ``None``: all options count as typed.
+    renames
+        ``option name -> config field`` where an option's name differs from the field it sets.
+    fixed
+        Values that always apply (e.g. a required positional argument), after the flags.
+    what
+        What the file holds, for error messages.
+
+    Returns
+    -------
+    cls
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not a mapping, or the merged values are invalid (the
+        message names the file, the parameter and the allowed values).
+    """
+    base = read_config_mapping(path, what) if path is not None else {}
+    typed_names = None if typed is None else set(typed)
+    for name, value in flags.items():
+        if path is None or typed_names is None or name in typed_names:
+            base[(renames or {}).get(name, name)] = value
+    base.update(fixed or {})
+    try:
+        return cls.model_validate(base)
+    except ValidationError as exc:
+        prefix = f"{path}: " if path is not None else ""
+        raise ConfigError(prefix + validation_message(cls, exc)) from None
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import typer
@@ -126,3 +126,9 @@ def flag_given(ctx: typer.Context, name: str) -> bool:
     """
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def typed_options(ctx: typer.Context, names: Iterable[str]) -> set[str]:
+    """The options among ``names`` that the user typed (see :func:`flag_given`), for :func:`mechanoscope.config.merge_config`."""
+    return {n for n in names if flag_given(ctx, n)}
+

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from mechanoscope.cli._common import console, typed_options, user_errors
 
 __all__ = ["register", "track"]
 
@@ -76,26 +76,20 @@ def track(
     config: Optional[Path] = typer.Option(None, help="JSON/YAML file with a TrackConfig; flags given explicitly override it."),
 ) -> None:
     """Track cells through a time series of label images: track ids, divisions, lineages, per-track series."""
+    from mechanoscope.config import merge_config
     from mechanoscope.track import TrackConfig, track_label_series, write_track_outputs
 
     with user_errors():
         from mechanoscope.io.atomic import check_output_folder_path
 
         check_output_folder_path(out)
-        base = TrackConfig.from_file(config).model_dump() if config else {}
         flags = {
-            "expected_speed_um": ("expected_speed_um_per_frame", expected_speed_um),
-            "max_speed_um": ("max_distance_um", max_speed_um),
-            "max_gap_frames": ("max_gap_frames", max_gap_frames),
-            "cell_diameter_um": ("cell_diameter_um", cell_diameter_um),
-            "divisions": ("divisions", divisions),
-            "gap_divisions": ("gap_divisions", gap_divisions),
-            "area_weight": ("area_weight", area_weight),
-            "overlap_weight": ("overlap_weight", overlap_weight),
-            "intensity_weight": ("intensity_weight", intensity_weight),
+            "expected_speed_um": expected_speed_um, "max_speed_um": max_speed_um, "max_gap_frames": max_gap_frames,
+            "cell_diameter_um": cell_diameter_um, "divisions": divisions, "gap_divisions": gap_divisions,
+            "area_weight": area_weight, "overlap_weight": overlap_weight, "intensity_weight": intensity_weight,
         }
-        base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
-        cfg = TrackConfig.build(**base)
+        cfg = merge_config(TrackConfig, config, flags, typed=typed_options(ctx, flags), what="tracking settings",
+                           renames={"expected_speed_um": "expected_speed_um_per_frame", "max_speed_um": "max_distance_um"})
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("reading label images", total=None)

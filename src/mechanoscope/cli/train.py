@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from mechanoscope.cli._common import console, typed_options, user_errors
 
 
 def train(
@@ -38,6 +38,7 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace an existing model folder."),
 ) -> None:
     """Train a classifier or regressor and write a model folder with its held-out metrics."""
+    from mechanoscope.config import merge_config
     from mechanoscope.learn.config import TrainConfig
     from mechanoscope.learn.train import train_model
 
@@ -45,16 +46,9 @@ def train(
         flags = dict(task=task, model_type=model_type, architecture=architecture, loss=loss, epochs=epochs, batch_size=batch_size,
                      learning_rate=learning_rate, ensemble=ensemble, tta=tta, refit=refit, interval_level=interval_level, group_column=group_column,
                      split_from=str(split_from) if split_from else None, max_train_seconds=max_train_seconds, seed=seed)
-        if config:
-            # a config file sets everything it names; only flags typed on the command line override it
-            base = TrainConfig.from_file(config).model_dump()
-            flags = {k: v for k, v in flags.items() if flag_given(ctx, k)}
-        else:
-            base = {}
-        if "ensemble" in flags:
-            flags["ensemble_size"] = flags.pop("ensemble")
-        base.update(flags, target=target)
-        cfg = TrainConfig.build(**base)
+        # a config file sets everything it names; only flags typed on the command line override it
+        cfg = merge_config(TrainConfig, config, flags, typed=typed_options(ctx, flags), renames={"ensemble": "ensemble_size"},
+                           fixed={"target": target}, what="training settings")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True) as bar:
             task_id = bar.add_task("training", total=1)
 
