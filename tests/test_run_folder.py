@@ -286,7 +286,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _assert_same_results(ref: Path, out: Path) -> None:
-    assert (out / "cells.parquet").read_bytes() == (ref / "cells.parquet").read_bytes() if (ref / "cells.parquet").exists() else True
+    if (ref / "cells.parquet").exists():
+        assert (out / "cells.parquet").read_bytes() == (ref / "cells.parquet").read_bytes()
     for sub in ("labels", "crops.zarr"):
         if (ref / sub).exists():
             a, b = _files(ref / sub), _files(out / sub)
@@ -323,7 +324,7 @@ def test_kill_9_in_the_middle_then_the_same_command_gives_the_same_run(point, si
         assert any(t.startswith(prefix) for t in _temporaries(out)), (prefix, _temporaries(out))
     if point == "predict_run":  # the table was never half-written: still extract's
         assert (out / "cells.parquet").read_bytes() == (reference["extract"] / "cells.parquet").read_bytes()
-    again = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", *args], env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", *args], env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr + again.stdout
     assert "Traceback" not in again.stderr
     _assert_same_results(ref, out)
