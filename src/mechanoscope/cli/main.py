@@ -70,6 +70,7 @@ _track.register(app)
 from mechanoscope.cli import compare as _compare; _compare.register(app)  # noqa: E402, E702
 from mechanoscope.cli import export as _export; _export.register(app)  # noqa: E402, E702
 from mechanoscope.cli import explain as _explain; _explain.register(app)  # noqa: E402, E702
+from mechanoscope.cli import run as _run; _run.register(app)  # noqa: E402, E702
 
 
 def main(argv: list[str] | None = None) -> None:

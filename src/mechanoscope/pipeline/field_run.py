@@ -47,7 +47,7 @@ from mechanoscope.io.images import read_image, write_label_image
 from mechanoscope.io.tables import write_table
 from mechanoscope.pipeline.field import FieldError, process_field
 
-__all__ = ["run_fields", "FieldRunResult", "consolidate_parts", "PARTS_FOLDER"]
+__all__ = ["run_fields", "FieldRunResult", "consolidate_parts", "process_file_to_parts", "record_outcome", "PARTS_FOLDER"]
 
 PARTS_FOLDER = "parts"
 LEGACY_RECORD = "predict.json"
@@ -126,6 +126,8 @@ def run_fields(
     record_extra: dict | None = None,
     models_identity: Sequence[dict] | None = None,
     command: str | Sequence[str] | None = None,
+    client: Any | None = None,
+    worker_spec: str | None = None,
 ) -> FieldRunResult:
     """Process every image of ``paths`` into the run folder ``out`` (see the module docstring).
 
@@ -152,6 +154,12 @@ def run_fields(
         recorded in ``run.json``.
     command
         Command line for the provenance (default ``sys.argv``).
+    client, worker_spec
+        A :class:`distributed.Client`: the images are processed as tasks on its workers
+        (:mod:`mechanoscope.pipeline.cluster`), which build the segmenter and models from
+        ``worker_spec`` (JSON: ``segmentation``, ``segmentation_settings``, ``models``,
+        ``extract_config``); ``segmenter`` and ``models`` are then used only here. Results
+        and the record are the same as without a client.
 
     Raises
     ------
@@ -169,6 +177,8 @@ def run_fields(
     result = FieldRunResult(table=pd.DataFrame(), settings=run.settings, run=run)
 
     seen: dict[str, Path] = {}
+    order: list[str] = []
+    jobs: list[tuple[str, Path]] = []
     for k, path in enumerate(paths):
         path = Path(path)
         image_id = path.stem
@@ -178,16 +188,36 @@ def run_fields(
             warnings.warn(msg, SkippedInputWarning, stacklevel=2)
             continue
         seen[image_id] = path
+        order.append(image_id)
         if run.finished(image_id, inputs=file_fingerprint([path])):
             result.n_skipped += 1
         else:
-            result.n_done += _one(run, path, image_id, segmenter=segmenter, models=models, extract_config=extract_config, batch_size=batch_size,
-                                  pixel_size_um=pixel_size_um, max_pixels=max_pixels)
+            jobs.append((image_id, path))
+    n_seen = result.n_skipped
+    if progress and n_seen:
+        progress(n_seen, len(paths), "(finished earlier)")
+
+    def finished_one(image_id: str, outcome: dict) -> None:
+        nonlocal n_seen
+        result.n_done += record_outcome(run, image_id, outcome)
+        n_seen += 1
         if progress:
-            progress(k + 1, len(paths), path.name)
+            progress(n_seen, len(paths), Path(outcome["image"]).name)
+
+    if client is not None and jobs:
+        from mechanoscope.pipeline.cluster import run_tasks
+
+        if worker_spec is None:
+            raise ValueError("run_fields with a client needs worker_spec")
+        run_tasks(client, run.root, jobs, worker_spec, batch_size=batch_size, pixel_size_um=pixel_size_um, max_pixels=max_pixels, on_result=finished_one)
+    else:
+        for image_id, path in jobs:
+            finished_one(image_id, process_file_to_parts(run.root, path, image_id, segmenter=segmenter, models=models, extract_config=extract_config,
+                                                         batch_size=batch_size, pixel_size_um=pixel_size_um, max_pixels=max_pixels))
     run.save()
-    result.status = list(run.images.values())
-    done = run.done
+    status = run.images  # in input order, whatever order the images finished in
+    result.status = [status[k] for k in order if k in status] + [e for k, e in status.items() if k not in order]
+    done = [k for k in order if status.get(k, {}).get("status") == "done"]
     if not done:
         failed = run.failed
         shown = "; ".join(e["error"] for e in failed[:3]) + (" …" if len(failed) > 3 else "")
@@ -199,11 +229,18 @@ def run_fields(
     return result
 
 
-def _one(run: Any, path: Path, image_id: str, *, segmenter: Any, models: Any, extract_config: Any, batch_size: int, pixel_size_um: float | None,
-         max_pixels: int | None) -> bool:
-    """Process one image, write its files and record its status (``done`` or ``failed``); whether it was done."""
-    from mechanoscope.io.run_folder import file_fingerprint
+def process_file_to_parts(root: Path, path: Path, image_id: str, *, segmenter: Any, models: Any, extract_config: Any, batch_size: int,
+                          pixel_size_um: float | None, max_pixels: int | None) -> dict:
+    """Read one image, process it and write its parts (label image, rows, crops) under ``root``; never raises.
 
+    Writes no record: returns the outcome, ``{"status": "done", "files", "inputs", "seconds",
+    "labels", "part", "n_cells", "pixel_size_um"}`` or ``{"status": "failed", "stage", "error",
+    "seconds"}``, for the caller to record (:func:`record_outcome`). Runs in this process
+    or on a Dask worker (:mod:`mechanoscope.pipeline.cluster`).
+    """
+    from mechanoscope.io.run_folder import RunFolder, file_fingerprint
+
+    layout = RunFolder(Path(root), "predict", {"stages": {}}, {})  # paths only
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     stage = "read"
@@ -220,21 +257,30 @@ def _one(run: Any, path: Path, image_id: str, *, segmenter: Any, models: Any, ex
         seconds.update(res.seconds)
         stage = "write"
         t = time.perf_counter()
-        labels_path = run.label_path(image_id)
-        rows_path, crops_path = run.part_paths(image_id)
+        labels_path = layout.label_path(image_id)
+        rows_path, crops_path = layout.part_paths(image_id)
         write_label_image(labels_path, res.labels, pixel_size_um=res.pixel_size_um)
-        run.save_crops(crops_path, res.crops)
+        layout.save_crops(crops_path, res.crops)
         write_table(res.table, rows_path)  # written last: the part is complete
         seconds["write"] = time.perf_counter() - t
-    except Exception as exc:  # one image never ends the batch: record it, go on
+    except Exception as exc:  # one image never ends the batch: report it, go on
         msg = str(exc) if isinstance(exc, FieldError) else failure_message(exc, path)
-        warnings.warn(f"skipped {msg}", SkippedInputWarning, stacklevel=3)
         seconds["total"] = time.perf_counter() - t0
-        run.mark_failed(image_id, image=path, stage=_STAGE_NAMES.get(stage, stage), error=msg, seconds=seconds)
-        return False
+        return {"status": "failed", "image": str(path), "stage": _STAGE_NAMES.get(stage, stage), "error": msg, "seconds": seconds}
     seconds["total"] = time.perf_counter() - t0
-    run.mark_done(image_id, files=[labels_path, rows_path, crops_path], image=path, inputs=fingerprint, seconds=seconds,
-                  labels=run.relative(labels_path), part=run.relative(rows_path), n_cells=int(len(res.table)), pixel_size_um=res.pixel_size_um)
+    return {"status": "done", "image": str(path), "files": [str(labels_path), str(rows_path), str(crops_path)], "inputs": fingerprint,
+            "seconds": seconds, "labels": layout.relative(labels_path), "part": layout.relative(rows_path), "n_cells": int(len(res.table)),
+            "pixel_size_um": res.pixel_size_um}
+
+
+def record_outcome(run: Any, image_id: str, outcome: dict) -> bool:
+    """Record one :func:`process_file_to_parts` outcome in ``run`` (a :class:`~mechanoscope.io.run_folder.RunFolder`); whether it was done."""
+    if outcome["status"] != "done":
+        warnings.warn(f"skipped {outcome['error']}", SkippedInputWarning, stacklevel=3)
+        run.mark_failed(image_id, image=outcome["image"], stage=outcome["stage"], error=outcome["error"], seconds=outcome["seconds"])
+        return False
+    info = {k: outcome[k] for k in ("labels", "part", "n_cells", "pixel_size_um")}
+    run.mark_done(image_id, files=[Path(f) for f in outcome["files"]], image=outcome["image"], inputs=outcome["inputs"], seconds=outcome["seconds"], **info)
     return True
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,17 @@ def _domain_summary(table: pd.DataFrame, models: list) -> dict:
     from mechanoscope.learn.domain import domain_summary
 
     return domain_summary(table, models)
+
+
+def _join_image_columns(table: pd.DataFrame, columns: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Add per-image columns (e.g. parsed from file names) to every cell row of that image."""
+    names = sorted({k for v in columns.values() for k in v})
+    clash = [n for n in names if n in table.columns]
+    if clash:
+        raise ConfigError(f"layout columns {', '.join(clash)} already exist in the cell table; rename the pattern's groups")
+    for n in names:
+        table[n] = table["image_id"].astype(str).map(lambda i, n=n: (columns.get(i) or {}).get(n)).astype(object) if len(table) else pd.Series(dtype=object)
+    return table
 
 
 def _is_run(path: Path) -> bool:
@@ -47,7 +60,8 @@ def _split_column(table: pd.DataFrame, models: list) -> pd.Series | None:
 
 def _predict_images(src: Path, out: Path, loaded: list, identities: list[dict], *, segmentation: str, pixel_size_um: float | None, extract_config: dict | None,
                     batch_size: int, progress: Callable[[str, int, int], None], overwrite: bool, max_pixels: int | None,
-                    command: str | list[str] | None) -> tuple[pd.DataFrame, Any, float]:
+                    command: str | list[str] | None, paths: Sequence[Path] | None = None, segmentation_settings: dict | None = None,
+                    client: Any | None = None) -> tuple[pd.DataFrame, Any, float]:
     """Images → run folder, one field at a time (:func:`~mechanoscope.pipeline.field_run.run_fields`).
 
     Returns the consolidated table, the :class:`~mechanoscope.io.run_folder.RunFolder`
@@ -60,8 +74,8 @@ def _predict_images(src: Path, out: Path, loaded: list, identities: list[dict], 
     from mechanoscope.segment.batch import build_segmenter
 
     max_pixels_limit(max_pixels)  # a bad limit fails before any work
-    paths = image_paths(src)
-    segmenter, method_info, seg_cfg = build_segmenter(segmentation)
+    paths = list(paths) if paths is not None else image_paths(src)
+    segmenter, method_info, seg_cfg = build_segmenter(segmentation, segmentation_settings)
     ecfg = extract_config_for(loaded, extract_config, pixel_size_um=pixel_size_um)
     settings = {
         "segmentation": method_info,
@@ -73,9 +87,11 @@ def _predict_images(src: Path, out: Path, loaded: list, identities: list[dict], 
                    for m, i in zip(loaded, identities)],
     }
     extra = {"source": str(src), "segmentation": segmentation}
+    spec = json.dumps({"segmentation": segmentation, "segmentation_settings": segmentation_settings or {}, "models": [str(m.path) for m in loaded],
+                       "extract_config": ecfg.model_dump(mode="json")}, sort_keys=True) if client is not None else None
     res = run_fields(paths, out, segmenter=segmenter, models=loaded, extract_config=ecfg, settings=settings, pixel_size_um=pixel_size_um,
                      batch_size=batch_size, overwrite=overwrite, max_pixels=max_pixels, record_extra=extra, models_identity=identities, command=command,
-                     progress=lambda i, n, name: progress("segment → extract → predict", i, n))
+                     progress=lambda i, n, name: progress("segment → extract → predict", i, n), client=client, worker_spec=spec)
     pred_seconds = sum(float(e.get("seconds", {}).get("predict", 0.0)) for e in res.status if e["status"] == "done")
     return res.table, res.run, pred_seconds
 
@@ -93,6 +109,10 @@ def predict_run(
     overwrite: bool = False,
     max_pixels: int | None = None,
     command: str | list[str] | None = None,
+    paths: Sequence[str | os.PathLike[str]] | None = None,
+    segmentation_settings: dict | None = None,
+    image_columns: Mapping[str, Mapping[str, Any]] | None = None,
+    client: Any | None = None,
 ) -> dict:
     """Predict every cell of ``source`` with one or more model folders.
 
@@ -118,6 +138,12 @@ def predict_run(
     are removed (with a warning) before this run's models predict. If no image at all
     can be used a
     :class:`~mechanoscope.errors.BatchFailedError` is raised.
+
+    For images, ``paths`` (files in the order of the table) replaces the images of
+    ``source`` (then only a label for the record), ``segmentation_settings`` configure
+    the segmenter, ``image_columns[image_id]`` adds per-image columns (plate, well,
+    condition …) to the table, and a Dask ``client`` processes the images on its
+    workers (:mod:`mechanoscope.pipeline.cluster`) with the same results.
     """
     import shutil
     import warnings
@@ -140,7 +166,7 @@ def predict_run(
     if not loaded:
         raise MechanoscopeError("no model given; pass at least one --model folder")
     identities = [{**m.identity, **model_identity(m.path)} for m in loaded]
-    from_run = _is_run(src)
+    from_run = paths is None and _is_run(src)
     if from_run:
         same = src.resolve() == out.resolve()
         if not same:
@@ -172,7 +198,10 @@ def predict_run(
     else:
         table, run, pred_seconds = _predict_images(
             src, out, loaded, identities, segmentation=segmentation, pixel_size_um=pixel_size_um, extract_config=extract_config, batch_size=batch_size,
-            progress=say, overwrite=overwrite, max_pixels=max_pixels, command=command)
+            progress=say, overwrite=overwrite, max_pixels=max_pixels, command=command,
+            paths=[Path(p) for p in paths] if paths is not None else None, segmentation_settings=segmentation_settings, client=client)
+        if image_columns:
+            table = _join_image_columns(table, image_columns)
     n = len(table)
     split = _split_column(table, loaded)
     if split is not None:
