@@ -232,10 +232,13 @@ class DomainReference:
         """``domain_score`` per cell: > 1 is out of domain."""
         return self.raw_score(features, stats) / self.cell_threshold
 
-    def score_crops(self, net, x) -> np.ndarray:
-        """``domain_score`` of normalised crops ``x`` (array or tensor) for network ``net``."""
+    def score_crops(self, net, x, *, with_stats: bool = False):
+        """``domain_score`` of normalised crops ``x`` (array or tensor) for network ``net``
+        (and, with ``with_stats``, their :func:`crop_statistics` as a second value)."""
         xa = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        return self.score(penultimate_features(net, x), crop_statistics(xa, self.channels))
+        stats = crop_statistics(xa, self.channels)
+        score = self.score(penultimate_features(net, x), stats)
+        return (score, stats) if with_stats else score
 
     def to_files(self) -> dict[str, bytes | str]:
         """``domain.json`` and ``domain.safetensors`` contents for a model folder."""
@@ -272,7 +275,7 @@ def image_median_threshold(medians: np.ndarray, alpha: float = 0.01) -> float:
     are the finite-sample correction for estimating mean and sd from few images — and
     never below the largest median seen.
     """
-    from scipy.stats import t as student_t
+    from scipy.special import stdtrit  # Student t quantile (lighter to import than scipy.stats)
 
     m = np.asarray(medians, dtype=float)
     m = m[np.isfinite(m) & (m > 0)]
@@ -281,7 +284,7 @@ def image_median_threshold(medians: np.ndarray, alpha: float = 0.01) -> float:
     if len(m) < 3:
         return float(m.max() * 1.5)
     lm = np.log(m)
-    bound = lm.mean() + student_t.ppf(1 - alpha, len(m) - 1) * lm.std(ddof=1) * np.sqrt(1 + 1 / len(m))
+    bound = lm.mean() + stdtrit(len(m) - 1, 1 - alpha) * lm.std(ddof=1) * np.sqrt(1 + 1 / len(m))
     return float(max(np.exp(bound), m.max(), 1e-9))
 
 
@@ -405,13 +408,14 @@ def load_domain_reference(folder: str | Path) -> DomainReference | None:
 
 
 # --------------------------------------------------------------------------- columns
-def judge_images(reference: DomainReference | None, table: pd.DataFrame, local_background: np.ndarray | None = None) -> pd.DataFrame | None:
+def judge_images(reference: DomainReference | None, table: pd.DataFrame, local_background: np.ndarray | None = None,
+                 background_noise: np.ndarray | None = None) -> pd.DataFrame | None:
     """Image-level verdict (:meth:`ImageDomainReference.judge`) per ``image_id`` of ``table``, or None without an image-level reference."""
     if reference is None or reference.image_reference is None or not len(table):
         return None
     from mechanoscope.learn.domain_image import image_statistics
 
-    return reference.image_reference.judge(image_statistics(table, local_background))
+    return reference.image_reference.judge(image_statistics(table, local_background, background_noise))
 
 
 def domain_columns(reference: DomainReference | None, scores: np.ndarray | None, table: pd.DataFrame, target: str, *, where: str = "model",

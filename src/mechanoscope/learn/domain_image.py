@@ -16,6 +16,11 @@ the native image, before resampling:
 
   ``noise_rel``            log of the median over cells of √(neighbour contrast / 2) / background
                            (pixel-to-pixel noise relative to the background, native pixels)
+  ``background_noise_rel`` log of the median over cells of the background noise of the
+                           crop relative to its background (``crop_statistics``' first
+                           column × contrast scale). Measured on the resampled crop, but
+                           a median over all cells of the image: at a fixed pixel size
+                           (checked above) it follows the camera noise (dim light)
   ``sharpness_rel``        log of the median Sobel gradient (per µm) / background (focus)
   ``contrast_rel``         log of the median intensity SD inside a cell / background
   ``intensity_p05_rel``    5th percentile over cells of the darkest pixel / background
@@ -52,6 +57,7 @@ __all__ = ["IMAGE_STAT_NAMES", "ImageDomainReference", "image_statistics", "fit_
 
 IMAGE_STAT_NAMES = (
     "noise_rel",
+    "background_noise_rel",
     "sharpness_rel",
     "contrast_rel",
     "intensity_p05_rel",
@@ -61,6 +67,7 @@ IMAGE_STAT_NAMES = (
 )
 _PLAIN = {
     "noise_rel": "pixel noise",
+    "background_noise_rel": "background noise",
     "sharpness_rel": "sharpness (focus)",
     "contrast_rel": "cell contrast",
     "intensity_p05_rel": "darkest intensities",
@@ -76,7 +83,7 @@ def _log(v) -> np.ndarray:
         return np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
 
 
-def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = None) -> pd.DataFrame:
+def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = None, background_noise: np.ndarray | None = None) -> pd.DataFrame:
     """Native-image statistics per image (module docstring), indexed by ``image_id``.
 
     Parameters
@@ -88,6 +95,9 @@ def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = 
         :func:`mechanoscope.learn.data.crop_background`), row-aligned with ``table``;
         needed for ``illumination_unevenness`` and used as the background where the
         table has no ``crop_pad_value``.
+    background_noise : (N,) optional
+        Each crop's background noise relative to its background level (for
+        ``background_noise_rel``).
 
     Returns
     -------
@@ -95,42 +105,38 @@ def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = 
     """
     n = len(table)
     col = lambda c: table[c].to_numpy(dtype=float) if c in table.columns else np.full(n, np.nan)  # noqa: E731
-    lb = np.full(n, np.nan) if local_background is None else np.asarray(local_background, dtype=float)
+    opt = lambda v: np.full(n, np.nan) if v is None else np.asarray(v, dtype=float)  # noqa: E731
+    lb = opt(local_background)
     bg = col("crop_pad_value")
     bg = np.where(np.isfinite(bg) & (bg > 0), bg, lb)
+    ids = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(n, dtype=str)
     with np.errstate(divide="ignore", invalid="ignore"):
         per = pd.DataFrame({
-            "image_id": table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(n, dtype=str),
             "pixel_size_um": col("pixel_size_um"),
             "noise": np.sqrt(np.maximum(col("texture_neighbour_contrast"), 0) / 2) / bg,
+            "bgnoise": opt(background_noise),
             "sharp": col("texture_gradient_mean_per_um") / bg,
             "contrast": col("intensity_std") / bg,
             "lo": col("intensity_min") / bg,
             "hi": col("intensity_max") / bg,
             "local_bg": lb,
             "area": col("area_um2"),
-        })
-    rows = []
-    for image_id, g in per.groupby("image_id", sort=True):
-        med = lambda c: float(np.nanmedian(g[c])) if g[c].notna().any() else np.nan  # noqa: E731
-        pct = lambda c, q: float(np.nanpercentile(g[c], q)) if g[c].notna().any() else np.nan  # noqa: E731
-        lbv = g["local_bg"].to_numpy(float)
-        lbv = lbv[np.isfinite(lbv)]
-        unev = float((np.percentile(lbv, 90) - np.percentile(lbv, 10)) / np.median(lbv)) if len(lbv) >= 3 and np.median(lbv) > 0 else np.nan
-        rows.append({
-            "image_id": str(image_id),
-            "n_cells": int(len(g)),
-            "pixel_size_um": med("pixel_size_um"),
-            "noise_rel": float(_log(med("noise"))),
-            "sharpness_rel": float(_log(med("sharp"))),
-            "contrast_rel": float(_log(med("contrast"))),
-            "intensity_p05_rel": pct("lo", 5),
-            "intensity_p95_rel": pct("hi", 95),
-            "illumination_unevenness": unev,
-            "log_cell_area_um2": float(_log(med("area"))),
-        })
-    cols = ["image_id", "n_cells", "pixel_size_um", *IMAGE_STAT_NAMES]
-    return pd.DataFrame(rows, columns=cols).set_index("image_id")
+        }, index=pd.Index(ids, name="image_id"))
+    g = per.groupby(level=0, sort=True)
+    med = g.median()  # NaN-skipping; all-NaN → NaN
+    q = lambda c, v: g[c].quantile(v)  # noqa: E731
+    out = pd.DataFrame(index=med.index)
+    out["n_cells"] = g.size().astype(int)
+    out["pixel_size_um"] = med["pixel_size_um"]
+    for name, c in (("noise_rel", "noise"), ("background_noise_rel", "bgnoise"), ("sharpness_rel", "sharp"), ("contrast_rel", "contrast"), ("log_cell_area_um2", "area")):
+        out[name] = _log(med[c].to_numpy())
+    out["intensity_p05_rel"] = q("lo", 0.05)
+    out["intensity_p95_rel"] = q("hi", 0.95)
+    counts = g["local_bg"].count()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unev = (q("local_bg", 0.9) - q("local_bg", 0.1)) / med["local_bg"]
+    out["illumination_unevenness"] = unev.where((counts >= 3) & (med["local_bg"] > 0))
+    return out[["n_cells", "pixel_size_um", *IMAGE_STAT_NAMES]]
 
 
 def conformal_rank_threshold(scores: np.ndarray, alpha: float) -> tuple[float, bool]:
@@ -184,7 +190,7 @@ class ImageDomainReference:
         z = pd.DataFrame(index=stats.index)
         for s in IMAGE_STAT_NAMES:
             v = stats[s].to_numpy(float) if s in stats.columns else np.full(len(stats), np.nan)
-            c, sc = self.centre.get(s, np.nan), self.scale.get(s, np.nan)
+            c, sc = (np.nan if m.get(s) is None else float(m[s]) for m in (self.centre, self.scale))  # None: not measured on the reference
             z[s] = (v - c) / sc if np.isfinite(c) and np.isfinite(sc) and sc > 0 else np.nan
         return z
 

@@ -156,7 +156,8 @@ def predict_cells(
     n = len(table)
     out = pd.DataFrame(index=table.index)
     dom: list[np.ndarray] = []
-    local_bg: list[np.ndarray] = []  # each cell's raw background level, for the image-level domain check
+    local_bg: list[np.ndarray] = []  # each cell's raw background level and noise, for the image-level domain check
+    bg_noise: list[np.ndarray] = []
     if cfg["model_type"] == "features":
         raw = model.members[0].raw_outputs(table) if n else None
     else:
@@ -178,14 +179,16 @@ def predict_cells(
                 xt = torch.from_numpy(x).to(dev)
                 outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().cpu().numpy() for m in members]))
                 if model.domain is not None:
-                    dom.append(model.domain.score_crops(members[0], xt))
+                    score, cstats = model.domain.score_crops(members[0], xt, with_stats=True)
+                    dom.append(score)
                     local_bg.append(crop_background(raw_batch))
+                    bg_noise.append(cstats[:, 0] * float(model.normalization["contrast_scale"]))  # relative to the crop's background
                 done += len(x)
                 if progress:
                     progress(done, n)
         raw = np.concatenate(outs, axis=1) if outs else None
     scores = (np.concatenate(dom) if dom else np.zeros(0)) if model.domain is not None else None
-    judged = judge_images(model.domain, table, np.concatenate(local_bg) if local_bg else None) if model.domain is not None else None
+    judged = judge_images(model.domain, table, np.concatenate(local_bg) if local_bg else None, np.concatenate(bg_noise) if bg_noise else None) if model.domain is not None else None
     with_domain = lambda o: o.join(domain_columns(model.domain, scores, table, cfg["target"], where=str(model.path), image_judgement=judged))  # noqa: E731
     if cfg["task"] == "classification":
         classes = cfg["classes"]

@@ -243,7 +243,7 @@ def _model_card(cfg: dict, metrics: dict, n_split: dict) -> str:
 
 
 def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_rows: np.ndarray, masks: dict, refit: bool, *, sub_groups: np.ndarray,
-                            table: pd.DataFrame, raw_crops: np.ndarray) -> dict:
+                            table: pd.DataFrame, raw_crops: np.ndarray, contrast_scale: float) -> dict:
     """``domain.json`` + ``domain.safetensors`` (:mod:`mechanoscope.learn.domain`), or {} with a warning.
 
     Crop level: reference = the cells the weights learnt from; calibration = the
@@ -266,7 +266,8 @@ def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_row
         test_images = set(ids.iloc[masks["test"]])
         ref_images = set(ids.iloc[np.concatenate([masks[k] for k in ("train", "val", "calibration")])]) - test_images
         rows = np.flatnonzero(ids.isin(ref_images).to_numpy())
-        image_ref = fit_image_reference(image_statistics(table.iloc[rows], crop_background(raw_crops[rows]) if len(rows) else None))
+        image_ref = fit_image_reference(image_statistics(table.iloc[rows], crop_background(raw_crops[rows]) if len(rows) else None,
+                                                         crop_statistics(x_all[rows], channels)[:, 0] * contrast_scale if len(rows) else None))
     try:
         ref = fit_domain_reference(
             penultimate_features(net, x_all[fit_rows]), crop_statistics(x_all[fit_rows], channels),
@@ -419,7 +420,7 @@ def train_model(
         # outputs on the held-out splits only (training-set outputs are never used)
         raw_out = {k: predict_outputs(nets, x_all[v], tta=config.tta) for k, v in masks.items() if k != "train"}
         domain_files = _domain_reference_files(nets[0], x_all, channels, fit_rows, masks, refit, sub_groups=table[config.group_column].astype(str).to_numpy(),
-                                               table=table, raw_crops=data.crops)
+                                               table=table, raw_crops=data.crops, contrast_scale=contrast_scale)
         for k, net in enumerate(nets):
             for name, tensor in net.state_dict().items():
                 state[f"member{k}.{name}"] = tensor
