@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from mechanoscope.errors import ConfigError, MechanoscopeWarning
-from mechanoscope.segment.blockwise import default_overlap_px, image_statistics, segment_classical_blockwise
+from mechanoscope.segment.blockwise import (
+    default_overlap_px,
+    image_statistics,
+    segment_classical_blockwise,
+)
 from mechanoscope.segment.classical import segment_classical
 from mechanoscope.segment.classical_config import ClassicalSegmentationConfig
 from mechanoscope.simulate import AdherentConfig

@@ -14,7 +14,13 @@ import pytest
 from mechanoscope.errors import MechanoscopeError, OutputFolderError
 from mechanoscope.io.crop_store import read_crop_store, write_crop_store
 from mechanoscope.learn.config import TrainConfig
-from mechanoscope.learn.export import EXPORT_TOLERANCE, ExportError, ensemble_module, example_crops, export_model
+from mechanoscope.learn.export import (
+    EXPORT_TOLERANCE,
+    ExportError,
+    ensemble_module,
+    example_crops,
+    export_model,
+)
 from mechanoscope.learn.predict import load_stiffness_model, predict_cells
 from mechanoscope.learn.train import train_model
 

@@ -26,7 +26,12 @@ def handler_takes_info() -> bool:
     """Whether this pydantic accepts ``handler(value, info)`` inside a wrap serializer."""
     from typing import Annotated
 
-    from pydantic import BaseModel, SerializationInfo, SerializerFunctionWrapHandler, WrapSerializer
+    from pydantic import (
+        BaseModel,
+        SerializationInfo,
+        SerializerFunctionWrapHandler,
+        WrapSerializer,
+    )
 
     def ser(v: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         return handler(v, info)
@@ -45,12 +50,12 @@ def handler_takes_info() -> bool:
 # (io_packaging, model.v0_4), so the names below resolve there.
 def _package_file_descr_serializer(value, handler, info):  # pragma: no cover - body swapped in
     ret = handler(value)
-    ret["source"] = _package(value.source, info, sha256=value.sha256)  # noqa: F821
+    ret["source"] = _package(value.source, info, sha256=value.sha256)
     return ret
 
 
 def _package_weights(value, handler, info):  # pragma: no cover - body swapped in
-    ctxt = packaging_context_var.get()  # noqa: F821
+    ctxt = packaging_context_var.get()
     if ctxt is not None and ctxt.weights_priority_order is not None:
         for wf in ctxt.weights_priority_order:
             w = getattr(value, wf, None)
@@ -61,7 +66,7 @@ def _package_weights(value, handler, info):  # pragma: no cover - body swapped i
                 "None of the weight formats in `weights_priority_order`"
                 + f" ({ctxt.weights_priority_order}) is present in the given model."
             )
-        assert isinstance(w, Node), type(w)  # noqa: F821
+        assert isinstance(w, Node), type(w)
         new_w = w.model_construct(**{k: v for k, v in w if k != "parent"})
         value = value.model_construct(None, **{wf: new_w})
     return handler(value)

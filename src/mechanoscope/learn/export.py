@@ -45,15 +45,15 @@ from mechanoscope.io.atomic import atomic_path
 __all__ = [
     "EXPORT_FORMATS",
     "EXPORT_TOLERANCE",
+    "ONNX_METADATA_KEYS",
     "ExportError",
     "ExportResult",
     "ensemble_module",
     "example_crops",
+    "export_bioimageio",
     "export_model",
     "export_onnx",
     "export_torchscript",
-    "export_bioimageio",
-    "ONNX_METADATA_KEYS",
 ]
 
 EXPORT_FORMATS = ("onnx", "torchscript", "bioimageio")

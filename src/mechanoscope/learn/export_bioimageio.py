@@ -30,7 +30,7 @@ import numpy as np
 from mechanoscope import __version__
 from mechanoscope.learn._bioimageio_compat import spec_compat as _spec_compat
 
-__all__ = ["write_package", "validate_package", "DEFAULT_CITE"]
+__all__ = ["DEFAULT_CITE", "validate_package", "write_package"]
 
 #: The citation a package carries unless the caller gives its own (the format it follows).
 DEFAULT_CITE = [{

@@ -70,10 +70,10 @@ class OnnxMember:
     def __init__(self, shared: _SharedRun, k: int) -> None:
         self._shared, self.k = shared, k
 
-    def to(self, *args: Any, **kwargs: Any) -> "OnnxMember":  # noqa: D102
+    def to(self, *args: Any, **kwargs: Any) -> OnnxMember:
         return self
 
-    def eval(self) -> "OnnxMember":  # noqa: D102
+    def eval(self) -> OnnxMember:
         return self
 
     def __call__(self, x):

@@ -52,7 +52,7 @@ from mechanoscope.errors import ConfigError, MechanoscopeWarning
 from mechanoscope.segment import classical as _cl
 from mechanoscope.segment.classical_config import ClassicalSegmentationConfig
 
-__all__ = ["ImageStatistics", "default_overlap_px", "segment_classical_blockwise", "image_statistics"]
+__all__ = ["ImageStatistics", "default_overlap_px", "image_statistics", "segment_classical_blockwise"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,305 @@
+"""Benchmark of throughput: the CNN alone, single-cell latency, and files → cell table end to end.
+
+Prints one JSON object:
+
+* ``machine``: CPU count, torch threads, the CPU capability torch sees (AVX2/AVX512…),
+  whether mkldnn and bf16 are available, GPU (if any); ``uptime`` before and after each
+  part (the cores may be shared: read every figure next to the load).
+* ``cnn``: crops/s of the default compact CNN (width 16, 2 channels, 64-px crops) at
+  batch 256 in fp32, channels-last fp32, bf16 autocast (channels-last) and onnxruntime.
+* ``latency``: one crop at a time (batch 1), p50 / p99 in ms, torch and onnxruntime.
+* ``end_to_end``: ``predict_run`` (the product's default path: classical segmentation
+  → crops → one classifier + one regressor → written cell table) over simulated
+  16-bit bright-field fields at ≥ 60 cells per megapixel; cells/s, the time to only
+  read the images (I/O floor) and the ratio; with ``--profile`` the hot spots
+  (cProfile, functions by own time and by cumulative time).
+* ``memory``: peak RSS of ``mechanoscope predict`` in a fresh process over 1×, 10× and
+  100× ``--memory-images`` fields (as ``benchmarks/memory.py``).
+
+The two models are trained for one epoch on separate simulated fields (speed does not
+depend on how well they are trained, only on their architecture).
+
+Usage: nice python benchmarks/throughput.py [--images 8] [--size-px 512] [--cells 20]
+       [--memory-images 1] [--memory-factors 1 10 100] [--profile] [--skip-memory]
+
+Measured 2026-12-01 on the 2-core AVX2 machine (no native bf16) while it ran other jobs
+(load average 5–12, i.e. 2.5–6 runnable processes per core; the figures are far below
+what the idle machine gives and only comparable to each other): CNN at batch 256 fp32
+102 crops/s, channels-last 159, bf16 autocast 23 (emulated bf16 on AVX2: slower, logits
+differ by 2e-4), onnxruntime 275; batch-1 latency torch p50 100 ms / p99 1.24 s,
+onnxruntime p50 1.9 ms / p99 38 ms; end to end 8 fields of 512² px, 151 cells (72 per
+MP): 2.9 cells/s, reading alone 0.07 s (ratio 728), of 51 s: predict 39 s (two models,
+each network run twice per field: outputs, then the applicability-domain features),
+segment 8.2 s, extract 3.0 s; peak RSS 440 / 448 / 465 MiB for 2 / 20 / 200 fields
+(--memory-images 2) while the cells grew 10 / 95 / 938.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _uptime() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def _machine() -> dict:
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": cap,
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "native_bf16": bf16,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _rate(fn, n_items: int, min_seconds: float = 3.0, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    count, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        count += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_seconds and count >= 3:
+            return n_items * count / dt
+
+
+def _onnx_session(net, x):
+    import onnxruntime as ort
+    import torch
+
+    from mechanoscope.learn.export import _quiet_exporter
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter():
+        prog = torch.onnx.export(net, (x,), dynamo=True, input_names=["crops"], output_names=["outputs"], dynamic_shapes={"x": {0: batch}}, optimize=True, verbose=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(prog.model_proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def bench_cnn(batch: int, crop_px: int, width: int, seconds: float) -> tuple[dict, dict]:
+    """Crops/s at ``batch`` and batch-1 latency of the compact CNN in several modes."""
+    import torch
+
+    from mechanoscope.learn.networks import build_network
+
+    net = build_network("compact", 2, 2, width=width, input_pixels=crop_px, pooling="max").eval()
+    x = torch.randn(batch, 2, crop_px, crop_px)
+    out: dict = {"batch": batch, "crop_pixels": crop_px, "width": width, "load_before": _uptime()}
+    with torch.inference_mode():
+        ref = net(x)
+        out["fp32_crops_per_s"] = round(_rate(lambda: net(x), batch, seconds))
+        net_cl = net.to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        out["channels_last_fp32_crops_per_s"] = round(_rate(lambda: net_cl(x_cl), batch, seconds))
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = net_cl(x_cl).float()
+                out["bf16_channels_last_crops_per_s"] = round(_rate(lambda: net_cl(x_cl), batch, seconds))
+            out["bf16_max_abs_diff_logits"] = float((got - ref).abs().max())
+        except RuntimeError as exc:  # pragma: no cover
+            out["bf16_channels_last_crops_per_s"] = f"unavailable: {exc}"
+        net = net.to(memory_format=torch.contiguous_format)
+    sess = _onnx_session(net, x[:4])
+    xa = x.numpy()
+    out["onnxruntime_crops_per_s"] = round(_rate(lambda: sess.run(None, {"crops": xa}), batch, seconds))
+    out["load_after"] = _uptime()
+
+    lat: dict = {"load_before": _uptime()}
+    one = torch.randn(1, 2, crop_px, crop_px)
+    with torch.inference_mode():
+        lat["torch"] = _latency(lambda: net(one))
+    one_a = one.numpy()
+    lat["onnxruntime"] = _latency(lambda: sess.run(None, {"crops": one_a}))
+    lat["load_after"] = _uptime()
+    return out, lat
+
+
+def _latency(fn, n: int = 2000, warmup: int = 100) -> dict:
+    for _ in range(warmup):
+        fn()
+    t = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        t[i] = time.perf_counter() - t0
+    return {"p50_ms": round(float(np.percentile(t, 50)) * 1e3, 3), "p99_ms": round(float(np.percentile(t, 99)) * 1e3, 3), "n": n}
+
+
+def _train_models(root: Path, seed: int, size_px: int = 512, cells: int = 20) -> list[Path]:
+    from mechanoscope.cells.extract import ExtractConfig, extract_folder
+    from mechanoscope.learn.config import TrainConfig
+    from mechanoscope.learn.train import train_model
+    from mechanoscope.pipeline import attach_simulation_truth
+    from mechanoscope.segment.batch import segment_images
+    from mechanoscope.simulate import AdherentConfig, simulate_adherent
+
+    sim = simulate_adherent(AdherentConfig(n_images=12, image_shape_px=(size_px, size_px), cells_per_image=cells), root / "train_sim", seed=seed + 1)
+    run = root / "train_run"
+    segment_images(sim / "images", run)
+    extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 80.0, "crop_pixels": 64}))
+    attach_simulation_truth(run, sim)
+    common = dict(epochs=1, batch_size=64, seed=seed, min_cells_per_class=3, val_fraction=0.2, calibration_fraction=0.2, test_fraction=0.2)
+    cls = train_model(run, TrainConfig.build(target="label", **common), root / "classifier").model_dir
+    reg = train_model(run, TrainConfig.build(target="stiffness_pa", **common), root / "regressor").model_dir
+    return [cls, reg]
+
+
+def _simulate(root: Path, name: str, n: int, size_px: int, cells: int, seed: int) -> Path:
+    from mechanoscope.simulate import AdherentConfig, simulate_adherent
+
+    return simulate_adherent(AdherentConfig(n_images=n, image_shape_px=(size_px, size_px), cells_per_image=cells), root / name, seed=seed) / "images"
+
+
+def _top(prof: cProfile.Profile, key: str, n: int = 12) -> list[dict]:
+    st = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, func), (cc, nc, tt, ct, _) in st.stats.items():
+        rows.append({"function": f"{Path(file).name}:{line}({func})", "calls": nc, "own_s": round(tt, 3), "cumulative_s": round(ct, 3)})
+    rows.sort(key=lambda r: r["own_s" if key == "own" else "cumulative_s"], reverse=True)
+    return rows[:n]
+
+
+def bench_end_to_end(root: Path, models: list[Path], n: int, size_px: int, cells: int, seed: int, profile: bool) -> dict:
+    from mechanoscope.io import read_image
+    from mechanoscope.io.images import image_paths
+    from mechanoscope.pipeline import predict_run
+
+    images = _simulate(root, "e2e_sim", n, size_px, cells, seed)
+    paths = image_paths(images)
+    megapixels = n * size_px * size_px / 1e6
+    res: dict = {"images": n, "image_shape_px": [size_px, size_px], "dtype": str(read_image(paths[0]).data.dtype), "load_before": _uptime()}
+    t0 = time.perf_counter()
+    for p in paths:
+        read_image(p).data.sum()
+    io_s = time.perf_counter() - t0
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if prof:
+            prof.enable()
+        info = predict_run(images, [str(m) for m in models], root / "e2e_out")
+        if prof:
+            prof.disable()
+    total = time.perf_counter() - t0
+    n_cells = int(info["n_cells"])
+    seconds = {}
+    for e in info.get("status", []):
+        for k, v in (e.get("seconds") or {}).items():
+            seconds[k] = seconds.get(k, 0.0) + float(v)
+    res.update({
+        "cells": n_cells,
+        "cells_per_megapixel": round(n_cells / megapixels, 1),
+        "seconds": round(total, 2),
+        "cells_per_s": round(n_cells / total, 1),
+        "io_floor_seconds": round(io_s, 3),
+        "io_floor_cells_per_s": round(n_cells / io_s, 1) if io_s > 0 else None,
+        "ratio_to_io_floor": round(total / io_s, 1) if io_s > 0 else None,
+        "stage_seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "profiled": bool(profile),
+        "load_after": _uptime(),
+    })
+    if prof:
+        res["hot_spots_own_time"] = _top(prof, "own")
+        res["hot_spots_cumulative"] = _top(prof, "cumulative")
+    return res
+
+
+WRAPPER = """
+import resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+print(proc.returncode, peak_kib)
+sys.stderr.write(proc.stderr[-2000:])
+"""
+
+
+def bench_memory(root: Path, models: list[Path], base: int, factors: list[int], size_px: int, cells: int, seed: int) -> dict:
+    out: dict = {"base_images": base, "image_shape_px": [size_px, size_px], "runs": {}}
+    biggest = _simulate(root, "mem_sim", base * max(factors), size_px, cells, seed + 7)
+    all_paths = sorted(biggest.glob("*.tif"))
+    for f in factors:
+        folder = root / f"mem_{f}x"
+        folder.mkdir()
+        for p in all_paths[: base * f]:
+            os.symlink(p, folder / p.name)
+        cmd = [sys.executable, "-c", WRAPPER, sys.executable, "-m", "mechanoscope.cli.main", "predict", str(folder)]
+        for m in models:
+            cmd += ["--model", str(m)]
+        cmd += ["--out", str(root / f"mem_out_{f}x")]
+        load = _uptime()
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        code, peak_kib = (int(v) for v in proc.stdout.split()[-2:])
+        if code != 0:
+            raise SystemExit(f"predict failed ({code}): {proc.stderr}")
+        info = json.loads((root / f"mem_out_{f}x" / "predict.json").read_text())
+        out["runs"][f"{f}x"] = {"images": base * f, "cells": info["n_cells"], "peak_rss_mib": round(peak_kib / 1024, 1),
+                                "seconds": round(time.perf_counter() - t0, 1), "load_before": load}
+    rss = [r["peak_rss_mib"] for r in out["runs"].values()]
+    out["rss_growth_mib"] = round(max(rss) - min(rss), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=8, help="fields for the end-to-end figure")
+    ap.add_argument("--size-px", type=int, default=512)
+    ap.add_argument("--cells", type=int, default=20, help="cells placed per field (20 in 512² px = 76 per MP if all fit)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--cnn-seconds", type=float, default=3.0)
+    ap.add_argument("--memory-images", type=int, default=1, help="fields of the 1x memory run (10x and 100x this follow)")
+    ap.add_argument("--memory-size-px", type=int, default=256)
+    ap.add_argument("--memory-cells", type=int, default=5)
+    ap.add_argument("--memory-factors", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-cnn", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile the end-to-end run (cProfile; slows it a little)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    result: dict = {"machine": _machine(), "load_start": _uptime()}
+    if not args.skip_cnn:
+        result["cnn"], result["latency"] = bench_cnn(args.batch, 64, 16, args.cnn_seconds)
+    root = Path(tempfile.mkdtemp(prefix="mechanoscope-throughput-"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = _train_models(root, args.seed)
+        result["end_to_end"] = bench_end_to_end(root, models, args.images, args.size_px, args.cells, args.seed, args.profile)
+        if not args.skip_memory:
+            result["memory"] = bench_memory(root, models, args.memory_images, args.memory_factors, args.memory_size_px, args.memory_cells, args.seed)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result["load_end"] = _uptime()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
