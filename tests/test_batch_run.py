@@ -165,3 +165,46 @@ def test_cli_run_writes_the_run_and_a_scheduler_that_does_not_answer_is_a_clear_
     proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "run", str(f)], capture_output=True, text=True, env=env, timeout=600)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "workers: unknown parameter" in text and "Traceback" not in text
+
+
+def test_segmentation_qc_flags_images_without_cells_and_a_lost_condition(tmp_path, sim, models):
+    import shutil
+
+    import tifffile
+
+    from mechanoscope.io.images import read_image
+    from mechanoscope.metrics.segmentation_qc import segmentation_qc
+    from mechanoscope.pipeline.batch_run import run_batch
+    from mechanoscope.pipeline.evaluation import evaluate_run
+    from mechanoscope.report.html import write_report
+
+    # by hand: group A has one image with far fewer cells and one with none; group B found nothing anywhere
+    qc = segmentation_qc([{"image_id": "a1", "n_cells": 10, "covered_fraction": 0.2}, {"image_id": "a2", "n_cells": 12, "covered_fraction": 0.25},
+                          {"image_id": "a3", "n_cells": 11, "covered_fraction": 0.02}, {"image_id": "a4", "n_cells": 2, "covered_fraction": 0.05},
+                          {"image_id": "a5", "n_cells": 0, "covered_fraction": 0.0}, {"image_id": "b1", "n_cells": 0}, {"image_id": "b2", "n_cells": 0}],
+                         {"a1": "A", "a2": "A", "a3": "A", "a4": "A", "a5": "A", "b1": "B", "b2": "B"})
+    assert qc["flagged"] == ["a3", "a4", "a5", "b1", "b2"]
+    assert qc["images"]["a3"]["flags"] == ["little area"] and qc["images"]["a4"]["flags"] == ["few cells"]
+    assert qc["images"]["a5"]["flags"] == ["no cells"] and qc["lost_groups"] == ["B"]
+    assert qc["groups"]["A"] == {"n_images": 5, "n_flagged": 3, "median_cells": 10.5, "lost": False}
+    assert "2 cells where comparable images have a median of 10.5" in qc["images"]["a4"]["reason"]
+
+    # through the product: a condition whose dish is blank (no cell to find) is flagged as lost, per image and in the report
+    src = tmp_path / "images"
+    shutil.copytree(sim / "images", src)
+    first = sorted(src.glob("*.tif"))[0]
+    px = read_image(first).pixel_size_um
+    flat = np.random.default_rng(0).normal(1000, 5, (128, 128)).clip(0).astype(np.uint16)
+    for name in ("C01_f8.tif", "C02_f9.tif"):
+        tifffile.imwrite(src / name, flat)
+    cfg = _cfg(tmp_path, sim, models, inputs=[str(src)], pixel_size_um=px, layout_pattern=r"(?P<condition>[A-H])[0-9]{2}_f(?P<field>[0-9]+)")
+    info = run_batch(cfg)
+    q = info["segmentation_qc"]
+    assert {"C01_f8", "C02_f9"} <= set(q["flagged"]) and q["lost_groups"] == ["C"]
+    assert q["images"]["C01_f8"]["reason"] == "segmentation found no cell" and q["settings"]["grouped_by"] == "condition"
+    run = Path(cfg.out)
+    assert json.loads((run / "run.json").read_text())["stages"]["predict"]["segmentation_qc"]["lost_groups"] == ["C"]
+    ev = evaluate_run(run, figures=False)
+    assert ev["segmentation_qc"]["lost_groups"] == ["C"]
+    html = write_report(run).read_text()
+    assert "Segmentation quality control" in html and "Every image of C is flagged" in html and "C02_f9" in html

@@ -132,3 +132,18 @@ def typed_options(ctx: typer.Context, names: Iterable[str]) -> set[str]:
     """The options among ``names`` that the user typed (see :func:`flag_given`), for :func:`mechanoscope.config.merge_config`."""
     return {n for n in names if flag_given(ctx, n)}
 
+
+def print_segmentation_qc(qc: dict | None, limit: int = 10) -> None:
+    """Say which images (and conditions) segmentation found nothing or far too little in, before a batch's last line."""
+    if not qc or not qc.get("flagged"):
+        return
+    for image_id in qc["flagged"][:limit]:
+        e = qc["images"][image_id]
+        console.print(f"[yellow]segmentation QC:[/yellow] {escape(image_id)}: {escape(e['reason'])}")
+    if len(qc["flagged"]) > limit:
+        console.print(f"[yellow]segmentation QC:[/yellow] … and {len(qc['flagged']) - limit} more image(s) (segmentation_qc in run.json)")
+    for g in qc.get("lost_groups", []):
+        s = qc["groups"][g]
+        console.print(f"[red]segmentation QC:[/red] every image of {escape(g) if g != 'all' else 'the run'} ({s['n_images']}) is flagged: "
+                      "its cells were not found, so comparisons with it are not meaningful (check exposure, focus or segmentation)")
+

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
-from mechanoscope.cli._common import console, finish_batch, user_errors
+from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, user_errors
 
 
 def predict(
@@ -61,6 +61,7 @@ def predict(
         summary = f"predicted {info['n_cells']} cells in {info['n_images']} images ({info['crops_per_second']} crops/s) → {out / 'cells.parquet'}"
     if info["n_cells"] and (info.get("domain") or {}).get("note"):
         console.print(f"domain: {escape(info['domain']['note'])}")
+    print_segmentation_qc(info.get("segmentation_qc"))
     finish_batch(len(failed), len(info.get("status", [])), info.get("record_path", out / "run.json"), summary)
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mechanoscope.cli._common import console, finish_batch, user_errors
+from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, user_errors
 
 
 def run(
@@ -55,6 +55,7 @@ def run(
     where = info["cluster"]["kind"] + (f", {info['cluster']['workers']} workers" if info["cluster"]["workers"] else "")
     summary = (f"{info['n_cells']} cells in {info['n_images']} of {info['n_input_images']} images ({info['cells_per_second']} cells/s end to end, "
                f"{where}; {info['n_resumed'] or 0} finished earlier) → {Path(cfg.out) / 'cells.parquet'}")
+    print_segmentation_qc(info.get("segmentation_qc"))
     finish_batch(len(failed), len(info.get("status", [])), info.get("record_path", Path(cfg.out) / "run.json"), summary)
 
 

@@ -272,6 +272,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, figures: bool = True, all_c
         "conditions": None,
         "figures": {},
         "notes": notes,
+        # images/conditions where segmentation found nothing or far too little (metrics/segmentation_qc.py), as predict recorded it
+        "segmentation_qc": predict.get("segmentation_qc"),
     }
     figs: dict[str, bytes] = {}
     captions: dict[str, str] = {}

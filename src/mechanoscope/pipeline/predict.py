@@ -36,6 +36,19 @@ def _join_image_columns(table: pd.DataFrame, columns: Mapping[str, Mapping[str, 
     return table
 
 
+def _segmentation_qc(status: list[dict], table: pd.DataFrame, image_columns: Mapping[str, Mapping[str, Any]] | None) -> dict:
+    """Images (and conditions) where segmentation found nothing or far too little (:func:`~mechanoscope.metrics.segmentation_qc.segmentation_qc`)."""
+    from mechanoscope.metrics.segmentation_qc import segmentation_qc
+
+    done = [e for e in status if e.get("status") == "done"]
+    groups: dict[str, str] = {}
+    if image_columns and any("condition" in v for v in image_columns.values()):
+        groups = {k: str(v["condition"]) for k, v in image_columns.items() if "condition" in v}
+    elif len(table) and "condition" in table.columns:
+        groups = {str(k): str(v) for k, v in table.groupby("image_id")["condition"].first().items()}
+    return segmentation_qc(done, groups or None)
+
+
 def _is_run(path: Path) -> bool:
     return path.is_dir() and (path / "cells.parquet").exists() and (path / "crops.zarr").exists()
 
@@ -222,7 +235,8 @@ def predict_run(
         "target": ", ".join(m.config["target"] for m in loaded),
         "interval_level": reg.config["interval_level"] if reg else None,
         "interval_method": "split-conformal on held-out calibration images" if reg else None,
-        "domain": _domain_summary(table, loaded),  # cells/images unlike the training images (learn/domain.py)
+        "domain": _domain_summary(table, loaded),
+        "segmentation_qc": None if from_run else _segmentation_qc(status, table, image_columns),  # cells/images unlike the training images (learn/domain.py)
         "columns": [str(c) for c in table.columns if str(c).startswith("pred_") or c == "split"],
         "n_cells": int(n),
         "n_images": int(table["image_id"].nunique()) if n else 0,

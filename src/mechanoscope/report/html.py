@@ -294,6 +294,16 @@ Add measured stiffness (column <code>stiffness_pa</code>, in Pa) or true classes
 {% endfor %}
 {% endif %}
 
+{% if qc and qc.flagged %}
+<h2>Segmentation quality control</h2>
+<p>{{ qc.flagged | length }} of {{ qc.images | length }} image(s) yielded no cell or far fewer cells (or less cell area) than comparable images{% if qc.settings.grouped_by %} of the same {{ qc.settings.grouped_by }}{% endif %}: check their exposure, focus and segmentation before reading their cells' results.</p>
+{% if qc.lost_groups %}<div class="note"><strong>Every image of {{ qc.lost_groups | join(", ") }} is flagged</strong>: its cells were not found, so comparisons with it are not meaningful.</div>{% endif %}
+<table>
+<tr><th>image</th><th>{{ qc.settings.grouped_by or "group" }}</th><th>cells</th><th>area covered</th><th>why flagged</th></tr>
+{% for image_id in qc.flagged %}{% set e = qc.images[image_id] %}<tr><td>{{ image_id }}</td><td>{{ e.group }}</td><td class="num">{{ e.n_cells }}</td><td class="num">{% if e.covered_fraction is not none %}{{ "%.1f %%" | format(100 * e.covered_fraction) }}{% endif %}</td><td>{{ e.reason }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+
 {{ comparison_html | safe }}
 
 {{ explanation_html | safe }}
@@ -498,6 +508,7 @@ def write_report(
         comparison_html=comparison_html,
         explanation_html=explanation_html,
         tracking_html=tracking_html,
+        qc=ev.get("segmentation_qc"),
     )
     with atomic_path(target) as tmp:
         tmp.write_text(html, encoding="utf-8")
