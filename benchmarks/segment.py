@@ -232,6 +232,55 @@ def network_method(model, inference=None):
     return lambda img, px: segment_network(img, pixel_size_um=px, model=model, inference=inference)
 
 
+# --------------------------------------------------------------------------- cross-validation
+def cv_folds(names: list[str], k: int, seed: int = 0) -> list[list[str]]:
+    """``k`` disjoint test folds of image names (seeded permutation of the sorted names)."""
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    return [sorted(str(n) for n in order[i::k]) for i in range(k)]
+
+
+def cross_validate(data: Path, names: list[str], px: float, cfg, k: int, work: Path, folds_to_run=None) -> dict:
+    """k-fold cross-validation by image: each fold's model never sees its test images.
+
+    The model's thresholds are chosen on validation images drawn from the fold's own
+    training images. Scores are pooled over all test images of all folds run (TP/FP/FN
+    summed) and given per fold (mean, std, min, max).
+    """
+    from mechanoscope.evaluate.segmentation import segmentation_scores
+
+    folds = cv_folds(names, k)
+    per_all, per_fold, fold_info = [], [], []
+    for f, test_names in enumerate(folds):
+        if folds_to_run is not None and f not in folds_to_run:
+            continue
+        train_names = [n for n in sorted(names) if n not in set(test_names)]
+        tr_i, tr_l, tr_paths = read_usiigaci(data, train_names, px)
+        te_i, te_l, _ = read_usiigaci(data, test_names, px)
+        model, tinfo = train(tr_i, tr_l, px, cfg, work / f"cv_{cfg.representation}_fold{f}", input_paths=tr_paths)
+        per = [segmentation_scores(segment_network_fn(model)(img, px), lab) for img, lab in zip(te_i, te_l)]
+        per_all += per
+        sc = summarize(per)
+        per_fold.append(sc)
+        fold_info.append({"fold": f, "test_images": test_names, "wall_time_s": tinfo["wall_time_s"],
+                          "epochs_run": tinfo["epochs_run"], "thresholds": model.config.inference.model_dump(
+                              include={"interior_threshold", "foreground_threshold", "min_cell_area_um2"}),
+                          "ap_50": sc["ap_50"], "ap_50_95": sc["ap_50_95"], "f1_50": sc["f1_50"]})
+        log(f"fold {f} ({cfg.representation}): AP@0.5 {sc['ap_50']} AP@[.5:.95] {sc['ap_50_95']}")
+    spread = {}
+    for key in ("ap_50", "ap_75", "ap_50_95", "f1_50"):
+        v = np.array([s[key] for s in per_fold], float)
+        spread[key] = {"mean": rnd(v.mean()), "std": rnd(v.std(ddof=1)) if len(v) > 1 else None,
+                       "min": rnd(v.min()), "max": rnd(v.max())}
+    pooled = summarize(per_all)
+    pooled.pop("per_image_ap_50", None)
+    return {"representation": cfg.representation, "k": k, "folds_run": len(per_fold), "pooled": pooled,
+            "over_folds": spread, "folds": fold_info, "config": cfg.model_dump(mode="json")}
+
+
+def segment_network_fn(model):
+    return network_method(model, model.config.inference)
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,7 +306,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="usiigaci_phase_contrast folder")
     ap.add_argument("--real-pixel-size-um", type=float, default=None,
                     help=f"pixel size of the Usiigaci images (default: estimate {USIIGACI_PX_ESTIMATE_UM:.4f})")
-    ap.add_argument("--parts", default="sim,real", help="comma list of parts to run: sim, real")
+    ap.add_argument("--parts", default="sim,real", help="comma list of parts to run: sim, real, cv")
+    ap.add_argument("--representation", default="classes3", help="instance representation: classes3, distance, hover")
+    ap.add_argument("--cv-folds", type=int, default=5, help="folds of the cross-validation by image (part cv)")
+    ap.add_argument("--cv-run-folds", default=None, help="comma list of the folds to run (default: all)")
+    ap.add_argument("--cv-epochs", type=int, default=12, help="epochs of each cross-validation fold's training")
+    ap.add_argument("--scale-range", default="1,1", help="scale augmentation range lo,hi")
+    ap.add_argument("--blur-sigma-max-px", type=float, default=0.0, help="blur augmentation: largest sigma (px)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
@@ -301,6 +356,9 @@ def main() -> None:
             pixel_size_um=model_px,
             channels=tuple(int(c) for c in args.channels.split(",")),
             num_res_units=args.res_units,
+            representation=args.representation,
+            scale_range=tuple(float(v) for v in args.scale_range.split(",")),
+            blur_sigma_max_px=args.blur_sigma_max_px,
             device="cpu",
             inference=SegmentationInferenceConfig(device="cpu"),
         )
@@ -407,6 +465,22 @@ def main() -> None:
                 "classical_cell_diameter_from": "median equivalent diameter of the training cells",
                 "scores": sc,
             }
+
+    # ---------------------------------------------------------------- cross-validation
+    if "cv" in parts:
+        data = args.data
+        if not (data / "index.json").exists():
+            result["cross_validation"] = {"skipped": f"{data} not found"}
+        else:
+            px = args.real_pixel_size_um or USIIGACI_PX_ESTIMATE_UM
+            names = sorted(e["name"] for e in json.loads((data / "index.json").read_text()))
+            if args.quick:
+                names = names[:10]
+            run_folds = None if args.cv_run_folds is None else {int(v) for v in args.cv_run_folds.split(",")}
+            cfg = train_config(2 if args.quick else args.cv_epochs, args.real_model_px_um)
+            cfg = cfg.model_copy(update={"validation_fraction": 0.12})
+            result["cross_validation"] = {"data": str(data), "pixel_size_um": round(px, 4), "n_images": len(names),
+                                          **cross_validate(data, names, px, cfg, args.cv_folds, work, run_folds)}
 
     # ---------------------------------------------------------------- speed + settings
     totals = {}

@@ -380,3 +380,55 @@ def test_cli_train_and_segment(trained, tmp_path):
     assert r.exit_code == 2 and "different settings" in " ".join(r.output.split())
     r = runner.invoke(app, ["segment", "run", str(imgs), "--method", str(tmp_path / "nope"), "--out", str(run)])
     assert r.exit_code == 2 and "no such model folder" in " ".join(r.output.split())
+
+
+# --------------------------------------------------------------------------- representations
+@pytest.mark.parametrize("rep", ["classes3", "distance", "hover"])
+def test_perfect_maps_of_every_representation_give_back_the_cells(rep):
+    """Targets of a label image with touching disks, read back as if the network had
+    predicted them exactly, give every cell back (AP@0.5 = AP@0.9 = 1)."""
+    from mechanoscope.segment.distance_targets import maps_to_labels, representation_targets
+
+    _, lab = disks(3)
+    t = representation_targets(lab, rep)
+    maps = np.stack([(t[0] == c).astype(np.float32) for c in range(3)]) if rep == "classes3" else t
+    pred = maps_to_labels(maps, rep, pixel_size_um=1.0, min_cell_area_um2=10)
+    sc = segmentation_scores(pred, lab)
+    assert pred.max() == lab.max()
+    assert sc["ap_50"] == 1.0 and sc["ap_50_95"] > 0.9
+
+
+def test_distance_target_is_one_at_each_cell_centre_and_zero_outside():
+    from mechanoscope.segment.distance_targets import distance_targets
+
+    _, lab = disks(1)
+    t = distance_targets(lab)
+    for i in range(1, int(lab.max()) + 1):
+        assert t[1][lab == i].max() == pytest.approx(1.0)
+    assert np.all(t[1][lab == 0] == 0) and np.array_equal(t[0] > 0, lab > 0)
+
+
+@pytest.mark.parametrize("view", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 1, 1)])
+def test_dihedral_views_of_hover_targets_equal_targets_of_the_turned_labels(view):
+    from mechanoscope.segment.distance_targets import dihedral_target, hover_targets
+
+    _, lab = disks(2)
+    tr, fy, fx = view
+    turned = lab.T if tr else lab
+    turned = turned[::-1] if fy else turned
+    turned = turned[:, ::-1] if fx else turned
+    np.testing.assert_allclose(dihedral_target(hover_targets(lab), "hover", *view),
+                               hover_targets(np.ascontiguousarray(turned)), atol=1e-5)
+
+
+def test_distance_representation_trains_and_segments(tmp_path):
+    data = [disks(s) for s in range(4)]
+    cfg = SegmentationTrainConfig(**TINY, representation="distance", scale_range=(0.8, 1.25), blur_sigma_max_px=1.0)
+    out = train_segmentation([d[0] for d in data], [d[1] for d in data], pixel_sizes_um=1.0, config=cfg, out=tmp_path / "m")
+    model = load_segmentation_model(out, device="cpu")
+    assert model.config.representation == "distance"
+    assert json.loads((out / "config.json").read_text())["architecture"]["out_channels"] == 2
+    prob = predict_probabilities(data[0][0], pixel_size_um=1.0, model=model)
+    assert prob.shape == (2, 96, 96) and 0 <= prob.min() and prob.max() <= 1
+    lab = segment_network(data[0][0], pixel_size_um=1.0, model=model)
+    assert lab.shape == (96, 96) and lab.dtype == np.int32

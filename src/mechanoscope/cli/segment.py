@@ -184,8 +184,15 @@ def train(
         None, help="JSON/YAML file with a SegmentationTrainConfig; flags given explicitly override it."
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing model folder at --out."),
+    init: Optional[str] = typer.Option(
+        None, "--init",
+        help=(
+            "Fine-tune: start from this model folder, or 'builtin' for the model shipped with "
+            "mechanoscope; its architecture, pixel size and normalisation are kept."
+        ),
+    ),
 ) -> None:
-    """Train the segmentation network (background / interior / boundary U-Net).
+    """Train the segmentation network (a U-Net; from scratch or, with --init, fine-tuning a model).
 
     Writes the model folder OUT (config.json, weights.safetensors, normalization.json,
     metrics.json, provenance.json, MODEL_CARD.md, training_log.csv). Pairs that cannot
@@ -281,6 +288,7 @@ def train(
                 input_paths=used,
                 command=sys.argv,
                 overwrite=overwrite,
+                init_from=init,
             )
     for w in caught:
         console.print(f"[yellow]warning:[/yellow] {w.message}")

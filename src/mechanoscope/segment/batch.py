@@ -107,7 +107,7 @@ def segmentation_plane(img: Any, *, channel: int | None = None, frame: int | Non
 
 
 def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, device: str | None = None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
-    """A segmenter for ``method`` (``"classical"`` or a segmentation model folder).
+    """A segmenter for ``method`` (``"classical"``, ``"builtin"`` — the model shipped with the package — or a segmentation model folder).
 
     Returns ``(segment, description, config)``: ``segment(array, pixel_size_um)`` turns a
     ``(H, W)`` plane into a label image; ``description`` says which method/model it is
@@ -120,13 +120,14 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
         cfg = validate_mapping(ClassicalSegmentationConfig, settings)
         return (lambda arr, px: segment_classical(arr, pixel_size_um=px, config=cfg)), {"method": "classical"}, cfg
     from mechanoscope.io.model_folder import sha256_file
+    from mechanoscope.segment.builtin_model import resolve_model_folder
     from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model, segment_network
 
-    model_dir = Path(method)
+    model_dir = resolve_model_folder(method)
     if not model_dir.exists():
         raise MechanoscopeError(
-            f"--method {method!r}: not 'classical' and no such model folder; pass "
-            "--method classical or the folder written by `mechanoscope segment train`"
+            f"--method {method!r}: not 'classical' or 'builtin' and no such model folder; pass "
+            "--method classical, --method builtin or the folder written by `mechanoscope segment train`"
         )
     model = load_segmentation_model(model_dir, device=device)  # type: ignore[arg-type]
     merged = model.config.inference.model_dump()
@@ -135,7 +136,7 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
         merged["device"] = device
     cfg = validate_mapping(SegmentationInferenceConfig, merged)
     info = {
-        "method": "network",
+        "method": "builtin" if str(method).lower() == "builtin" else "network",
         "model": str(model_dir.resolve()),
         "model_weights_sha256": sha256_file(model_dir / "weights.safetensors"),
         "model_pixel_size_um": model.pixel_size_um,

@@ -50,7 +50,8 @@ from pydantic import ValidationError
 from mechanoscope.io.images import Image
 from mechanoscope.nn.device import select_device
 from mechanoscope.nn.tiling import predict_logits_tiled, tiling_plan
-from mechanoscope.segment.instances import _softmax, probabilities_to_labels
+from mechanoscope.segment.distance_targets import activate, maps_to_labels
+from mechanoscope.segment.instances import probabilities_to_labels
 from mechanoscope.segment.network_config import (
     ARCHITECTURE,
     CLASSES,
@@ -188,6 +189,13 @@ def _model_grid_probabilities(
     pct = tuple(model.normalization.get("percentiles", model.config.normalize_percentiles))
     img_m = resample_image(image, pixel_size_um, model.pixel_size_um)
     norm, _, _ = normalize_percentile(img_m, pct)  # type: ignore[arg-type]
+    if inference.test_time_augmentation and model.config.representation == "hover":
+        from mechanoscope.errors import ConfigError
+
+        raise ConfigError(
+            "test-time augmentation is not available for 'hover' models (their offset channels "
+            "change sign under flips); set test_time_augmentation to false"
+        )
     was_training = model.net.training
     model.net.eval()
     try:
@@ -205,7 +213,7 @@ def _model_grid_probabilities(
         )
     finally:
         model.net.train(was_training)
-    return _softmax(logits)
+    return activate(logits, model.config.representation)
 
 
 def _resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -248,7 +256,9 @@ def predict_probabilities(
     Returns
     -------
     np.ndarray
-        ``(3, Y, X)`` float32 probabilities of :data:`CLASSES`.
+        ``(C, Y, X)`` float32 maps of the model's representation
+        (:func:`mechanoscope.segment.distance_targets.activate`): for ``classes3`` the
+        probabilities of :data:`CLASSES`; else p(foreground) then distance or offsets.
     """
     m = _resolve_model(model)
     px = _check_pixel_size(pixel_size_um, "image")
@@ -310,19 +320,20 @@ def segment_network(
     inf = inference or m.config.inference
     prob = _model_grid_probabilities(arr, px, m, inf, progress)
     kw = dict(
+        rep=m.config.representation,
         foreground_threshold=inf.foreground_threshold,
         interior_threshold=inf.interior_threshold,
         min_cell_area_um2=inf.min_cell_area_um2,
     )
     if prob.shape[1:] == arr.shape:
-        return probabilities_to_labels(prob, pixel_size_um=px, **kw)
+        return maps_to_labels(prob, pixel_size_um=px, **kw)
     if px < m.pixel_size_um:
         # the input is finer than the model: extract on the input grid (smooth outlines)
-        return probabilities_to_labels(_resize_prob(prob, arr.shape), pixel_size_um=px, **kw)
+        return maps_to_labels(_resize_prob(prob, arr.shape), pixel_size_um=px, **kw)
     # the input is coarser: extract where the boundaries are resolved, then sample down
     from skimage.segmentation import relabel_sequential
 
-    lab = probabilities_to_labels(prob, pixel_size_um=m.pixel_size_um, **kw)
+    lab = maps_to_labels(prob, pixel_size_um=m.pixel_size_um, **kw)
     lab = resample_labels(lab, arr.shape)
     lab, _, _ = relabel_sequential(lab)
     return lab.astype(np.int32)

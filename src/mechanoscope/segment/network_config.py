@@ -144,6 +144,24 @@ class SegmentationTrainConfig(BaseModel):
     noise_std: float = Field(
         0.03, ge=0, description="Maximum std of added Gaussian noise (normalised intensity)."
     )
+    scale_range: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description=(
+            "Range of the random scale factor of training patches (a patch of size*s pixels is "
+            "resized to the patch size); (1, 1) = no scale augmentation."
+        ),
+    )
+    blur_sigma_max_px: float = Field(
+        0.0, ge=0, description="Half the patches are blurred by a Gaussian of random sigma up to this (px); 0 = none."
+    )
+    representation: Literal["classes3", "distance", "hover"] = Field(
+        "classes3",
+        description=(
+            "What the network predicts per pixel (mechanoscope.segment.distance_targets): "
+            "'classes3' background/interior/boundary, 'distance' foreground + per-cell "
+            "normalised distance to the outline, 'hover' foreground + HoVer-Net offsets."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train; 'auto' = CUDA if available, else CPU."
     )
@@ -167,7 +185,7 @@ class SegmentationTrainConfig(BaseModel):
             raise ValueError("every channel count must be >= 1")
         return v
 
-    @field_validator("normalize_percentiles", "intensity_scale_range", "gamma_range")
+    @field_validator("normalize_percentiles", "intensity_scale_range", "gamma_range", "scale_range")
     @classmethod
     def _ordered_pair(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not v[0] <= v[1]:
@@ -187,14 +205,16 @@ def _config_error(exc: ValidationError, what: str) -> ConfigError:
 
 # --------------------------------------------------------------------------- network
 def build_unet(config: SegmentationTrainConfig) -> Any:
-    """The MONAI U-Net described by ``config`` (1 input channel, 3 output classes)."""
+    """The MONAI U-Net described by ``config`` (1 input channel, the representation's outputs)."""
     from monai.networks.nets import UNet
+
+    from mechanoscope.segment.distance_targets import n_outputs
 
     strides = (1,) + (2,) * (len(config.channels) - 2)
     return UNet(
         spatial_dims=2,
         in_channels=1,
-        out_channels=len(CLASSES),
+        out_channels=n_outputs(config.representation),
         channels=tuple(config.channels),
         strides=strides,
         num_res_units=config.num_res_units,
@@ -203,11 +223,14 @@ def build_unet(config: SegmentationTrainConfig) -> Any:
 
 
 def _architecture(config: SegmentationTrainConfig) -> dict[str, Any]:
+    from mechanoscope.segment.distance_targets import n_outputs
+
     return {
         "name": ARCHITECTURE,
         "spatial_dims": 2,
         "in_channels": 1,
-        "out_channels": len(CLASSES),
+        "out_channels": n_outputs(config.representation),
+        "representation": config.representation,
         "channels": list(config.channels),
         "strides": [1] + [2] * (len(config.channels) - 2),
         "num_res_units": config.num_res_units,

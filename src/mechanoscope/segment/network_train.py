@@ -24,7 +24,9 @@ from mechanoscope.io.images import Image
 from mechanoscope.nn.device import select_device
 from mechanoscope.nn.tiling import _round_up
 from mechanoscope.nn.training import EarlyStopping, EpochRecord, fit_network
-from mechanoscope.segment.instances import probabilities_to_labels
+from mechanoscope.segment.distance_targets import maps_to_labels, representation_loss, representation_targets, threshold_grid
+from mechanoscope.segment.network_augment import sample_batch as _sample_batch
+from mechanoscope.segment.network_augment import validation_patches as _validation_patches
 from mechanoscope.segment.network import (
     SegmentationModel,
     _where,
@@ -57,7 +59,7 @@ __all__ = ["train_segmentation", "optimize_thresholds"]
 @dataclass
 class _Prepared:
     image: np.ndarray  # normalised, model grid, float32
-    target: np.ndarray  # class map, uint8
+    target: np.ndarray  # (C, Y, X) float32 target of the representation
     labels: np.ndarray  # instance labels on the model grid
     lo: float
     hi: float
@@ -81,71 +83,15 @@ def _prepare(
     img_m = resample_image(arr, px, target_px)
     lab_m = resample_labels(lab, img_m.shape)
     norm, lo, hi = normalize_percentile(img_m, cfg.normalize_percentiles)
-    return _Prepared(norm, segmentation_targets(lab_m, cfg.boundary_width_px), lab_m, lo, hi)
+    return _Prepared(norm, representation_targets(lab_m, cfg.representation, cfg.boundary_width_px), lab_m, lo, hi)
 
 
 def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
-    ph, pw = max(0, size - a.shape[0]), max(0, size - a.shape[1])
+    ph, pw = max(0, size - a.shape[-2]), max(0, size - a.shape[-1])
     if ph == 0 and pw == 0:
         return a
-    return np.pad(a, ((0, ph), (0, pw)), mode="reflect" if min(a.shape) > 1 else "edge")
-
-
-def _augment(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, cfg: SegmentationTrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    k = int(rng.integers(4))
-    img, tgt = np.rot90(img, k), np.rot90(tgt, k)
-    if rng.random() < 0.5:
-        img, tgt = img[:, ::-1], tgt[:, ::-1]
-    lo, hi = float(img.min()), float(img.max())
-    g_lo, g_hi = cfg.gamma_range
-    gamma = float(np.exp(rng.uniform(np.log(g_lo), np.log(g_hi))))
-    if hi > lo and gamma != 1.0:
-        img = ((img - lo) / (hi - lo)) ** gamma * (hi - lo) + lo
-    s_lo, s_hi = cfg.intensity_scale_range
-    img = img * float(np.exp(rng.uniform(np.log(s_lo), np.log(s_hi))))
-    if cfg.noise_std > 0:
-        img = img + rng.normal(0.0, rng.uniform(0.0, cfg.noise_std), img.shape)
-    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(tgt)
-
-
-def _sample_batch(
-    data: list[_Prepared], n: int, rng: np.random.Generator, cfg: SegmentationTrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    p = cfg.patch_size_px
-    weights = np.array([d.image.size for d in data], dtype=float)
-    weights /= weights.sum()
-    imgs, tgts = [], []
-    for _ in range(n):
-        d = data[int(rng.choice(len(data), p=weights))]
-        y0 = int(rng.integers(d.image.shape[0] - p + 1))
-        x0 = int(rng.integers(d.image.shape[1] - p + 1))
-        img = d.image[y0 : y0 + p, x0 : x0 + p]
-        tgt = d.target[y0 : y0 + p, x0 : x0 + p]
-        if cfg.augment:
-            img, tgt = _augment(img, tgt, rng, cfg)
-        imgs.append(img)
-        tgts.append(tgt)
-    return np.stack(imgs)[:, None].astype(np.float32), np.stack(tgts)[:, None].astype(np.int64)
-
-
-def _validation_patches(
-    data: list[_Prepared], cfg: SegmentationTrainConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray] | None:
-    if not data:
-        return None
-    p = cfg.patch_size_px
-    imgs, tgts = [], []
-    for d in data:
-        h, w = d.image.shape
-        for y0 in range(0, max(h - p, 0) + 1, p):
-            for x0 in range(0, max(w - p, 0) + 1, p):
-                imgs.append(d.image[y0 : y0 + p, x0 : x0 + p])
-                tgts.append(d.target[y0 : y0 + p, x0 : x0 + p])
-    if len(imgs) > cfg.max_validation_patches:
-        keep = np.sort(rng.choice(len(imgs), cfg.max_validation_patches, replace=False))
-        imgs = [imgs[i] for i in keep]
-        tgts = [tgts[i] for i in keep]
-    return np.stack(imgs)[:, None].astype(np.float32), np.stack(tgts)[:, None].astype(np.int64)
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(a, pad, mode="reflect" if min(a.shape[-2:]) > 1 else "edge")
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -171,8 +117,8 @@ def _hash_array(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-#: candidates of the threshold search on the validation images
-THRESHOLD_GRID = {"interior_threshold": (0.3, 0.5, 0.7, 0.85, 0.92), "foreground_threshold": (0.4, 0.5, 0.6)}
+#: candidates of the threshold search on the validation images (classes3; see distance_targets.threshold_grid)
+THRESHOLD_GRID = threshold_grid("classes3")
 
 
 def optimize_thresholds(
@@ -181,7 +127,7 @@ def optimize_thresholds(
     """Instance-extraction settings with the best pooled AP@0.5 on held-out images.
 
     Probabilities are computed once per image; only the extraction is repeated over
-    :data:`THRESHOLD_GRID` and two minimum areas (the configured one and a quarter of
+    the representation's :func:`~mechanoscope.segment.distance_targets.threshold_grid` and two minimum areas (the configured one and a quarter of
     the median true cell area). Ties keep the configured defaults (tried first).
     """
     import itertools
@@ -198,11 +144,13 @@ def optimize_thresholds(
     if areas.size:
         min_areas.append(round(float(0.25 * np.median(areas)), 1))
     combos = [(default.interior_threshold, default.foreground_threshold, default.min_cell_area_um2)]
-    combos += [c for c in itertools.product(THRESHOLD_GRID["interior_threshold"], THRESHOLD_GRID["foreground_threshold"], min_areas) if c not in combos]
+    rep = model.config.representation
+    grid = threshold_grid(rep)
+    combos += [c for c in itertools.product(grid["interior_threshold"], grid["foreground_threshold"], min_areas) if c not in combos]
     table = []
     for it, ft, ma in combos:
         per = [
-            segmentation_scores(probabilities_to_labels(p, pixel_size_um=px, interior_threshold=it, foreground_threshold=ft, min_cell_area_um2=ma), t)
+            segmentation_scores(maps_to_labels(p, rep, pixel_size_um=px, interior_threshold=it, foreground_threshold=ft, min_cell_area_um2=ma), t)
             for p, t, px in zip(probs, trues, pxs)
         ]
         table.append({"interior_threshold": it, "foreground_threshold": ft, "min_cell_area_um2": ma, "val_ap_50": aggregate_segmentation_scores(per)["ap_50"]})
@@ -244,8 +192,8 @@ def _model_card(
         "# Cell segmentation network (mechanoscope)",
         "",
         "**Task:** instance segmentation of cells in label-free (bright-field / phase-contrast) "
-        "images. Per pixel the network predicts background / cell interior / cell boundary; "
-        "cells are the watershed regions grown from interior components.",
+        f"images. Instance representation: `{cfg.representation}` (mechanoscope.segment.distance_targets); "
+        "cells are watershed regions grown from marker components.",
         "",
         f"**Architecture:** MONAI UNet, channels {list(cfg.channels)}, "
         f"{cfg.num_res_units} residual unit(s) per level, batch normalisation, 1 input channel.",
@@ -281,6 +229,15 @@ def _model_card(
     return "\n".join(lines)
 
 
+def _init_model(init_from: Any) -> SegmentationModel | None:
+    if init_from is None or isinstance(init_from, SegmentationModel):
+        return init_from
+    from mechanoscope.segment.builtin_model import resolve_model_folder
+    from mechanoscope.segment.network import load_segmentation_model
+
+    return load_segmentation_model(resolve_model_folder(init_from), device="cpu")
+
+
 def train_segmentation(
     images: Sequence[np.ndarray | Image],
     labels: Sequence[np.ndarray | Image],
@@ -292,6 +249,9 @@ def train_segmentation(
     input_paths: Sequence[str | os.PathLike[str]] | None = None,
     command: str | Sequence[str] | None = None,
     overwrite: bool = False,
+    init_from: SegmentationModel | str | os.PathLike[str] | None = None,
+    validation_indices: Sequence[int] | None = None,
+    max_train_seconds: float | None = None,
 ) -> Path:
     """Train the segmentation network and write a model folder.
 
@@ -318,6 +278,17 @@ def train_segmentation(
         Command line recorded in the provenance (default ``sys.argv``).
     overwrite
         Replace an existing model folder at ``out``.
+    init_from
+        Fine-tune: start from this model's weights (a loaded model, a model folder, or
+        ``"builtin"`` for the model shipped with the package). Its architecture,
+        representation, pixel size, normalisation and inference defaults replace those
+        of ``config``; the training settings of ``config`` apply.
+    max_train_seconds
+        No new epoch starts after this much training time (the epochs run are recorded
+        in ``metrics.json``); ``None`` = no limit.
+    validation_indices
+        Images held out for validation (early stopping, threshold search); default: a
+        seeded random ``validation_fraction`` of the images.
 
     Returns
     -------
@@ -334,7 +305,6 @@ def train_segmentation(
         ``out`` exists (and ``overwrite`` is false) or is not a model folder.
     """
     import torch
-    from monai.losses import DiceCELoss
 
     from mechanoscope.io.model_folder import check_output_folder, save_model_folder
     from mechanoscope.io.model_folder import provenance as collect_provenance
@@ -357,6 +327,10 @@ def train_segmentation(
                 f"got {len(pxs)} pixel sizes for {len(images)} images; pass one per image or a single value"
             )
     pxs = [_check_pixel_size(p, f"training image {i}") for i, p in enumerate(pxs)]
+    init = _init_model(init_from)
+    if init is not None:
+        keep = ("channels", "num_res_units", "representation", "normalize_percentiles", "boundary_width_px", "inference")
+        cfg = cfg.model_copy(update={k: getattr(init.config, k) for k in keep} | {"pixel_size_um": init.pixel_size_um})
     if cfg.patch_size_px % cfg.stride:
         raise ConfigError(
             f"patch_size_px={cfg.patch_size_px} is not a multiple of the network's total "
@@ -388,7 +362,11 @@ def train_segmentation(
                 stacklevel=2,
             )
     val_idx = sorted(int(i) for i in order[:n_val])
-    train_idx = sorted(int(i) for i in order[n_val:])
+    if validation_indices is not None:
+        val_idx = sorted({int(i) for i in validation_indices})
+        if any(not 0 <= i < n for i in val_idx) or len(val_idx) >= n:
+            raise MechanoscopeError(f"validation_indices {val_idx} must name some, not all, of the {n} images")
+    train_idx = [i for i in range(n) if i not in set(val_idx)]
     train_data = [prepared[i] for i in train_idx]
     val_data = [prepared[i] for i in val_idx]
     val_batch = _validation_patches(val_data, cfg, rng)
@@ -396,12 +374,14 @@ def train_segmentation(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build_unet(cfg)
+    if init is not None:
+        net.load_state_dict({k: v.detach().cpu() for k, v in init.net.state_dict().items()})
     rf = receptive_field_radius_px(net, cfg.stride)
     net = net.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = representation_loss(cfg.representation)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     partial = out.with_name(out.name + ".partial")
@@ -447,6 +427,7 @@ def train_segmentation(
         validate=validate if val_batch is not None else None,
         stopper=EarlyStopping(cfg.epochs, cfg.early_stopping_patience, count_after_fraction=0.0, min_delta=0.0),
         on_epoch=on_epoch,
+        deadline=None if max_train_seconds is None else time.perf_counter() + float(max_train_seconds),
     )
     best_epoch, stopped_early = fit.best_epoch, fit.stopped_early
     best_loss = fit.records[best_epoch - 1].monitored if best_epoch else math.nan
@@ -511,6 +492,7 @@ def train_segmentation(
         command=command,
         inputs=inputs,
         extra={
+            "initialised_from": str(init.path) if init is not None and init.path is not None else None,
             "training_images": n,
             "train_image_indices": train_idx,
             "validation_image_indices": val_idx,
