@@ -51,3 +51,22 @@ def test_bad_files_and_values_name_the_file_and_the_parameter(tmp_path):
     with pytest.raises(ConfigError, match="epochs") as err:
         merge_config(_Cfg, None, {"epochs": -1})
     assert "None" not in str(err.value)
+
+
+class _Crop(StrictConfig):
+    crop_pixels: int = 64
+    crop_size_um: float = 80.0
+
+
+class _Nested(StrictConfig):
+    crop: _Crop = Field(default_factory=_Crop)
+    relabel: bool = False
+
+
+def test_dotted_renames_set_a_field_of_a_nested_section_and_keep_the_others(tmp_path):
+    f = tmp_path / "e.yaml"
+    f.write_text("crop: {crop_size_um: 40}\nrelabel: true\n")
+    cfg = merge_config(_Nested, f, {"crop_pixels": 32, "relabel": False}, typed={"crop_pixels"}, renames={"crop_pixels": "crop.crop_pixels"})
+    assert (cfg.crop.crop_pixels, cfg.crop.crop_size_um, cfg.relabel) == (32, 40.0, True)
+    cfg = merge_config(_Nested, None, {"crop_pixels": 48}, renames={"crop_pixels": "crop.crop_pixels"})
+    assert (cfg.crop.crop_pixels, cfg.crop.crop_size_um) == (48, 80.0)

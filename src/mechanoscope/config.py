@@ -116,7 +116,9 @@ def merge_config(
         option's default never overrides a value from the file); without a file every
         option's value is used, defaults included. ``None``: all options count as typed.
     renames
-        ``option name -> config field`` where an option's name differs from the field it sets.
+        ``option name -> config field`` where an option's name differs from the field it sets;
+        a dotted field (``crop.crop_pixels``) sets a field of a nested section, keeping the
+        section's other values from the file.
     fixed
         Values that always apply (e.g. a required positional argument), after the flags.
     what
@@ -137,7 +139,12 @@ def merge_config(
     typed_names = None if typed is None else set(typed)
     for name, value in flags.items():
         if path is None or typed_names is None or name in typed_names:
-            base[(renames or {}).get(name, name)] = value
+            *sections, leaf = (renames or {}).get(name, name).split(".")
+            target = base
+            for sec in sections:
+                target[sec] = dict(target.get(sec) or {})
+                target = target[sec]
+            target[leaf] = value
     base.update(fixed or {})
     try:
         return cls.model_validate(base)

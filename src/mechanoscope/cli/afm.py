@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rich.markup import escape
 
-from mechanoscope.cli._common import EXIT_SOME_FAILED, console, flag_given, user_errors
+from mechanoscope.cli._common import EXIT_SOME_FAILED, console, typed_options, user_errors
 
 __all__ = ["register", "afm_app"]
 
@@ -41,27 +41,19 @@ def fit(
     Exit status 1 when any curve or file failed (the table still lists every curve,
     with the reason in its error column), 2 on bad options.
     """
-    from mechanoscope.config import read_config_mapping
+    from mechanoscope.config import merge_config
     from mechanoscope.mechanics.afm_fit import AFMFitConfig, fit_afm_files, write_fit_result
 
     with user_errors():
-        base: dict[str, Any] = read_config_mapping(config, "AFM fit settings") if config else {}
         flags = {
-            "model": ("model_key", model),
-            "tip_radius_um": ("tip_radius_um", tip_radius_um),
-            "indenter_angle_deg": ("indenter_angle_deg", indenter_angle_deg),
-            "poisson_ratio": ("poisson_ratio", poisson_ratio),
-            "preprocessing": ("preprocessing", [s.strip() for s in preprocessing.split(",") if s.strip()]),
-            "contact_point_method": ("contact_point_method", contact_point_method),
-            "range_um": ("range_um", range_um),
-            "relative_range": ("range_type", "relative_contact_point" if relative_range else "absolute"),
-            "weight_contact_point_um": ("weight_contact_point_um", weight_contact_point_um),
-            "spring_constant_n_per_m": ("spring_constant_n_per_m", spring_constant_n_per_m),
-            "sensitivity_m_per_v": ("sensitivity_m_per_v", sensitivity_m_per_v),
-            "rating": ("rate_quality", rating),
+            "model": model, "tip_radius_um": tip_radius_um, "indenter_angle_deg": indenter_angle_deg, "poisson_ratio": poisson_ratio,
+            "preprocessing": [s.strip() for s in preprocessing.split(",") if s.strip()], "contact_point_method": contact_point_method,
+            "range_um": range_um, "relative_range": "relative_contact_point" if relative_range else "absolute",
+            "weight_contact_point_um": weight_contact_point_um, "spring_constant_n_per_m": spring_constant_n_per_m,
+            "sensitivity_m_per_v": sensitivity_m_per_v, "rating": rating,
         }
-        base.update({key: value for name, (key, value) in flags.items() if config is None or flag_given(ctx, name)})
-        cfg = AFMFitConfig.build(**base)
+        cfg = merge_config(AFMFitConfig, config, flags, typed=typed_options(ctx, flags), what="AFM fit settings",
+                           renames={"model": "model_key", "relative_range": "range_type", "rating": "rate_quality"})
         if out.suffix.lower() not in (".parquet", ".csv"):
             from mechanoscope.errors import ConfigError
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rich.markup import escape
 
-from mechanoscope.cli._common import console, finish_batch, flag_given, user_errors
+from mechanoscope.cli._common import console, finish_batch, typed_options, user_errors
 
 __all__ = ["register", "extract"]
 
@@ -65,27 +65,15 @@ def extract(
     and the command then exits with status 1. A killed run, started again, skips the
     images it finished and redoes the others.
     """
-    from mechanoscope.cells.extract import ExtractConfig, _load_mapping, extract_folder
+    from mechanoscope.cells.extract import ExtractConfig, extract_folder
+    from mechanoscope.config import merge_config
 
     with user_errors():
-        base: dict[str, Any] = _load_mapping(config) if config else {}
-        crop = dict(base.get("crop") or {})
-        quality = dict(base.get("quality") or {})
-        for name, target, key, value in (
-            ("crop_size_um", crop, "crop_size_um", crop_size_um),
-            ("crop_pixels", crop, "crop_pixels", crop_pixels),
-            ("mask_channel", crop, "mask_channel", mask_channel),
-            ("min_area_um2", quality, "min_area_um2", min_area_um2),
-            ("max_area_um2", quality, "max_area_um2", max_area_um2),
-            ("pixel_size_um", base, "pixel_size_um", pixel_size_um),
-            ("relabel", base, "relabel", relabel),
-            ("axes", base, "axes", axes),
-            ("channel", base, "channel", channel),
-        ):
-            if config is None or flag_given(ctx, name):
-                target[key] = value
-        base["crop"], base["quality"] = crop, quality
-        cfg = ExtractConfig.build(**base)
+        flags = {"crop_size_um": crop_size_um, "crop_pixels": crop_pixels, "mask_channel": mask_channel, "min_area_um2": min_area_um2,
+                 "max_area_um2": max_area_um2, "pixel_size_um": pixel_size_um, "relabel": relabel, "axes": axes, "channel": channel}
+        cfg = merge_config(ExtractConfig, config, flags, typed=typed_options(ctx, flags), what="extraction settings",
+                           renames={"crop_size_um": "crop.crop_size_um", "crop_pixels": "crop.crop_pixels", "mask_channel": "crop.mask_channel",
+                                    "min_area_um2": "quality.min_area_um2", "max_area_um2": "quality.max_area_um2"})
 
         with warnings.catch_warnings(record=True) as caught, Progress(
             TextColumn("extracting"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from mechanoscope.cli._common import console, typed_options, user_errors
 
 __all__ = ["register", "rtdc_app"]
 
@@ -40,17 +40,15 @@ def import_(
 
     Events outside the look-up table get NaN in rtdc_youngs_modulus_pa and are counted.
     """
-    from mechanoscope.config import read_config_mapping
+    from mechanoscope.config import merge_config
     from mechanoscope.mechanics.rtdc import RTDCImportConfig, import_rtdc
 
     with user_errors():
-        base: dict[str, Any] = read_config_mapping(config, "RT-DC import settings") if config else {}
         flags = {"lut": lut, "viscosity_model": viscosity_model, "medium": medium, "viscosity_mpa_s": viscosity_mpa_s,
                  "channel_width_um": channel_width_um, "flow_rate_ul_s": flow_rate_ul_s, "temperature_c": temperature_c,
                  "pixel_size_um": pixel_size_um, "crop_size_um": crop_size_um, "crop_pixels": crop_pixels, "max_events": max_events,
                  "require_modulus": require_modulus}
-        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
-        cfg = RTDCImportConfig.build(**base)
+        cfg = merge_config(RTDCImportConfig, config, flags, typed=typed_options(ctx, flags), what="RT-DC import settings")
         table = None
         if labels is not None:
             from mechanoscope.io.tables import read_table

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.progress import Progress
 
-from mechanoscope.cli._common import console, flag_given, user_errors
+from mechanoscope.cli._common import console, flag_given, typed_options, user_errors
+from mechanoscope.config import merge_config
 
 simulate_app = typer.Typer(help="Simulate microscope images of cells with known stiffness.", no_args_is_help=True)
 
@@ -122,11 +123,9 @@ def afm(
     from mechanoscope.simulate.afm_curves import AFMCurveSimConfig, simulate_afm_curves
 
     with user_errors():
-        base = AFMCurveSimConfig.from_file(config).model_dump() if config else {}
         flags = {"n_curves": n_curves, "youngs_modulus_range_pa": youngs_modulus_range_pa, "indenter": indenter,
                  "tip_radius_um": tip_radius_um, "noise_pn": noise_pn, "baseline_tilt_pn_per_um": baseline_tilt_pn_per_um}
-        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, k)})
-        cfg = AFMCurveSimConfig.build(**base)
+        cfg = merge_config(AFMCurveSimConfig, config, flags, typed=typed_options(ctx, flags), what="AFM curve simulation settings")
         table = None
         if measurements is not None:
             from mechanoscope.io.tables import read_table
@@ -203,14 +202,13 @@ def timelapse(
     from mechanoscope.simulate.timelapse import TimelapseConfig, simulate_timelapse
 
     with user_errors():
-        base = TimelapseConfig.from_file(config).model_dump() if config else {}
-        flags = {"n_frames": n_frames, "n_cells": n_cells, "image_shape_px": (image_size_px, image_size_px),
+        flags = {"n_frames": n_frames, "n_cells": n_cells, "image_size_px": (image_size_px, image_size_px),
                  "pixel_size_um": pixel_size_um, "speed_um_per_frame": speed_um_per_frame,
                  "division_probability": division_probability, "miss_probability": miss_probability,
                  "treatment_frame": treatment_frame, "treatment_fold": treatment_fold}
-        names = {"image_shape_px": "image_size_px"}
-        base.update({k: v for k, v in flags.items() if config is None or flag_given(ctx, names.get(k, k))})
-        sim = simulate_timelapse(out, TimelapseConfig.build(**base), seed=seed, overwrite=overwrite)
+        cfg = merge_config(TimelapseConfig, config, flags, typed=typed_options(ctx, flags), renames={"image_size_px": "image_shape_px"},
+                           what="time-lapse simulation settings")
+        sim = simulate_timelapse(out, cfg, seed=seed, overwrite=overwrite)
     console.print(f"wrote {sim.config.n_frames} frames, {len(sim.cells)} cells in {len(sim.lineage)} tracks "
                   f"({int(sim.lineage['divides'].sum()) if len(sim.lineage) else 0} divisions) to {out}")
 
