@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--afm-per-sample", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", type=Path, default=None, help="where to write the side-by-side figure of the condition series (PNG)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     t_start = time.perf_counter()
@@ -135,6 +136,11 @@ def main() -> None:
             series.table, {"AFM (simulated curves, nanite)": "afm_stiffness_pa", "DC (dclab look-up table)": "rtdc_youngs_modulus_pa",
                            "CNN (event images)": "pred_stiffness_pa"},
             order=SERIES["names"], truth="stiffness_pa", n_bootstrap=300, seed=args.seed)
+        if args.figure is not None:  # the published work's comparison: the series by AFM, DC and the CNN side by side
+            from mechanoscope.report.method_series_figure import method_series_figure
+
+            args.figure.write_bytes(method_series_figure(out["condition_series"], title="Passage series: AFM, DC and CNN"))
+            out["figure"] = str(args.figure)
     out["seconds_total"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(out, indent=2))
 

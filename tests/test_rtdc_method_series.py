@@ -40,6 +40,17 @@ def test_methods_find_the_true_differences_and_report_bias():
     assert agree[("good", "truth")]["bias_ratio"] == pytest.approx(1.0, abs=0.05) and agree[("good", "truth")]["spearman"] > 0.8
     rows = [r for r in res["table"] if r["method"] == "biased"]
     assert [r["condition"] for r in rows] == ["P3", "P5", "P7"] and rows[2]["median_pa"] > rows[0]["median_pa"]
+    # the side-by-side figure draws exactly these medians and intervals, methods offset within each condition
+    from mechanoscope.report.method_series_figure import method_series_figure, method_series_points
+
+    pts = method_series_points(res)
+    assert list(pts) == ["truth", "good", "biased", "blind"]
+    assert pts["biased"]["median"] == pytest.approx([r["median_pa"] for r in rows])
+    assert pts["biased"]["err_high"] == pytest.approx([r["ci_high_pa"] - r["median_pa"] for r in rows])
+    assert all(lo >= 0 for lo in pts["biased"]["err_low"])
+    xs = [pts[m]["x"][1] for m in pts]  # condition P5: four methods side by side around x = 1
+    assert xs == sorted(xs) and 0.6 < xs[0] < 1.0 < xs[-1] < 1.4
+    assert method_series_figure(res)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_missing_method_column_is_named():
