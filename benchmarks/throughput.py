@@ -6,7 +6,9 @@ Prints one JSON object:
   whether mkldnn and bf16 are available, GPU (if any); ``uptime`` before and after each
   part (the cores may be shared: read every figure next to the load).
 * ``cnn``: crops/s of the default compact CNN (width 16, 2 channels, 64-px crops) at
-  batch 256 in fp32, channels-last fp32, bf16 autocast (channels-last) and onnxruntime.
+  batch 256 in fp32, channels-last fp32, bf16 autocast (channels-last), what
+  ``predict_cells`` runs (BatchNorm folded, channels-last) at 1 and all torch threads
+  (with the thread count its automatic choice gives now), and onnxruntime.
 * ``latency``: one crop at a time (batch 1), p50 / p99 in ms, torch and onnxruntime.
 * ``end_to_end``: ``predict_run`` (the product's default path: classical segmentation
   → crops → one classifier + one regressor → written cell table) over simulated
@@ -125,6 +127,20 @@ def bench_cnn(batch: int, crop_px: int, width: int, seconds: float) -> tuple[dic
         except RuntimeError as exc:  # pragma: no cover
             out["bf16_channels_last_crops_per_s"] = f"unavailable: {exc}"
         net = net.to(memory_format=torch.contiguous_format)
+        # what predict_cells runs: BatchNorm folded into the convolutions, channels-last, at each thread count
+        from mechanoscope.nn.inference import (
+            default_inference_threads,
+            fuse_for_inference,
+            inference_threads,
+        )
+
+        fused = fuse_for_inference(net).to(memory_format=torch.channels_last)
+        out["fused_max_abs_diff_logits"] = float((fused(x_cl) - ref).abs().max())
+        out["fused_channels_last_fp32_crops_per_s_by_threads"] = {}
+        for t in sorted({1, torch.get_num_threads()}):
+            with inference_threads(t):
+                out["fused_channels_last_fp32_crops_per_s_by_threads"][str(t)] = round(_rate(lambda: fused(x_cl), batch, seconds))
+        out["default_inference_threads_now"] = default_inference_threads()
     sess = _onnx_session(net, x[:4])
     xa = x.numpy()
     out["onnxruntime_crops_per_s"] = round(_rate(lambda: sess.run(None, {"crops": xa}), batch, seconds))

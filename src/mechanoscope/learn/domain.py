@@ -61,6 +61,7 @@ __all__ = [
     "DomainReference",
     "crop_statistics",
     "penultimate_features",
+    "feature_layer",
     "fit_domain_reference",
     "image_median_threshold",
     "load_domain_reference",
@@ -140,6 +141,11 @@ def crop_statistics(x: np.ndarray, channels: list[str]) -> np.ndarray:
         out[i, 4] = float(np.mean(img[i][fg]))
         out[i, 5] = float(np.std(img[i][bg]))
     return out
+
+
+def feature_layer(net):
+    """The last ``nn.Linear`` of ``net``: its input are the penultimate features the domain uses."""
+    return _last_linear(net)
 
 
 def _last_linear(net):
@@ -232,12 +238,24 @@ class DomainReference:
         """``domain_score`` per cell: > 1 is out of domain."""
         return self.raw_score(features, stats) / self.cell_threshold
 
-    def score_crops(self, net, x, *, with_stats: bool = False):
+    def score_crops(self, net, x, *, with_stats: bool = False, features=None):
         """``domain_score`` of normalised crops ``x`` (array or tensor) for network ``net``
-        (and, with ``with_stats``, their :func:`crop_statistics` as a second value)."""
+        (and, with ``with_stats``, their :func:`crop_statistics` as a second value).
+
+        ``features``: the crops' penultimate features ``(N, F)`` (array or tensor) when
+        the caller already has them from its prediction pass (e.g.
+        :func:`mechanoscope.nn.inference.forward_tta_capture` on :func:`feature_layer`);
+        otherwise ``net`` runs once more to get them."""
         xa = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         stats = crop_statistics(xa, self.channels)
-        score = self.score(penultimate_features(net, x), stats)
+        if features is None:
+            feats = penultimate_features(net, x)
+        else:
+            feats = features.detach().float().cpu().numpy() if hasattr(features, "detach") else np.asarray(features)
+            if feats.shape[0] != xa.shape[0]:
+                raise MechanoscopeError(f"{feats.shape[0]} feature rows for {xa.shape[0]} crops; the features must come from the same crops")
+            feats = feats.astype(np.float64)
+        score = self.score(feats, stats)
         return (score, stats) if with_stats else score
 
     def to_files(self) -> dict[str, bytes | str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ class StiffnessModel:
     members: list  # torch networks (cnn) or [FeatureModel]
     split: dict | None = None
     domain: object | None = None  # learn.domain.DomainReference; None: no domain check possible
+    _inference: dict = field(default_factory=dict, repr=False, compare=False)  # (device, fuse, channels_last) → (members' state, networks ready for inference)
 
     @property
     def task(self) -> str:
@@ -116,6 +117,42 @@ def _check_crops(model: StiffnessModel, crops: np.ndarray, channels: list[str], 
         raise MechanoscopeError(f"{where}: crop channel(s) {missing} needed by the model are missing (store has {channels}); re-extract with --mask-channel")
 
 
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of ``logits / T`` along the last axis, float64 (as ``learn.uncertainty.softmax_t``,
+    without importing SciPy's optimiser for it)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _inference_members(model: StiffnessModel, dev, fuse: bool, channels_last: bool) -> list:
+    """The model's networks on ``dev`` in eval mode, BatchNorm folded (``fuse``) and in
+    channels-last format (``channels_last``); made once per setting and kept on ``model``."""
+    import copy
+
+    import torch
+
+    from mechanoscope.nn.inference import fuse_for_inference
+
+    # a member whose weights change in place (tensor version counters) or that is replaced gets a new copy
+    state = tuple((id(m), tuple(t._version for t in (*m.parameters(), *m.buffers()))) if isinstance(m, torch.nn.Module) else (id(m),) for m in model.members)
+    key = (str(dev), bool(fuse), bool(channels_last))
+    got = model._inference.get(key)
+    if got is None or got[0] != state:
+        nets = []
+        for m in model.members:
+            if not isinstance(m, torch.nn.Module):  # e.g. an ONNX member: runs where onnxruntime runs
+                nets.append(m)
+                continue
+            net = fuse_for_inference(m) if fuse else (copy.deepcopy(m) if channels_last else m)
+            net = net.to(dev).eval()
+            if channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            nets.append(net)
+        got = model._inference[key] = (state, nets)
+    return got[1]
+
+
 def predict_cells(
     model: StiffnessModel,
     table: pd.DataFrame,
@@ -127,11 +164,26 @@ def predict_cells(
     progress: Callable[[int, int], None] | None = None,
     where: str = "input",
     device: str = "auto",
+    threads: int | None = None,
+    fuse: bool = True,
+    channels_last: bool = True,
 ) -> pd.DataFrame:
     """Predict every row of ``table`` (crops row-aligned) and return the prediction columns.
 
     The networks run on ``device`` (``auto``: the CUDA GPU when there is one, else the
-    CPU); crops are read and normalised ``batch_size`` at a time.
+    CPU); crops are read and normalised ``batch_size`` at a time. Each batch runs once
+    through each network (with the model's test-time augmentation, if any); the
+    applicability domain takes the first network's penultimate features from that same
+    pass. On the CPU, ``threads`` torch intra-op threads run it (``None``:
+    :func:`mechanoscope.nn.inference.default_inference_threads`, the free cores or
+    ``MECHANOSCOPE_INFERENCE_THREADS``); torch's setting is restored afterwards.
+    ``fuse`` folds BatchNorm into the convolutions of eval copies of the networks
+    (:func:`~mechanoscope.nn.inference.fuse_for_inference`; made once per model and
+    device); ``channels_last`` runs them in channels-last memory format (measured on the
+    2-core AVX2 machine, compact CNN at batch 256, 1 thread: 185 → 344 crops/s fused,
+    174 → 302 unfused; folding alone +6 %). Neither changes a prediction beyond float rounding
+    (``tests/test_predict_speed.py``: probabilities within 1e-5, moduli within 1e-5
+    relative, domain scores within 1e-4 relative).
 
     Classification: ``pred_label``, ``pred_prob_<class>`` (temperature-calibrated),
     ``pred_confidence``. Regression: ``pred_<target>`` (e.g. ``pred_stiffness_pa``),
@@ -146,11 +198,9 @@ def predict_cells(
     model's domain (false, too, when no domain check was possible); the interval
     columns are kept for every cell.
     """
-    from mechanoscope.learn.data import normalise_crops
-    from mechanoscope.learn.data import crop_background
-    from mechanoscope.learn.domain import domain_columns, judge_images
-    from mechanoscope.learn.train import _combine_regression, forward_tta
-    from mechanoscope.learn.uncertainty import softmax_t
+    from mechanoscope.learn.data import crop_background, normalise_crops
+    from mechanoscope.learn.domain import domain_columns, feature_layer, judge_images
+    from mechanoscope.nn.inference import combine_ensemble, forward_tta, forward_tta_capture
 
     cfg = model.config
     n = len(table)
@@ -164,22 +214,38 @@ def predict_cells(
         if crops is None:
             raise MechanoscopeError(f"{where}: this CNN model needs the crops (crops.zarr) of the cells")
         _check_crops(model, crops, channels or [], attrs or {}, where)
+        import contextlib
+
         import torch
 
         from mechanoscope.nn.device import select_device
+        from mechanoscope.nn.inference import inference_threads
 
         dev = select_device(device)
-        members = [m.to(dev).eval() for m in model.members]
+        cl = bool(channels_last)
+        members = _inference_members(model, dev, fuse, cl)
+        layer = feature_layer(members[0]) if model.domain is not None else None
+        tta = bool(cfg.get("tta", False))
         outs = []
         done = 0
-        with torch.inference_mode():
+        threads_ctx = inference_threads(threads) if dev.type == "cpu" else contextlib.nullcontext()
+        with threads_ctx, torch.inference_mode():
             for s in range(0, n, batch_size):
                 raw_batch = np.asarray(crops[s : s + batch_size], dtype=np.float32)
                 x = normalise_crops(raw_batch, channels, cfg["channels"], float(model.normalization["contrast_scale"]))
                 xt = torch.from_numpy(x).to(dev)
-                outs.append(np.stack([forward_tta(m, xt, bool(cfg.get("tta", False))).float().cpu().numpy() for m in members]))
+                xn = xt.contiguous(memory_format=torch.channels_last) if cl else xt
+                feats = None
+                res = []
+                for k, m in enumerate(members):
+                    if k == 0 and layer is not None:
+                        o, feats = forward_tta_capture(m, xn, layer, tta)
+                    else:
+                        o = forward_tta(m, xn, tta)
+                    res.append(o.float().cpu().numpy())
+                outs.append(np.stack(res))
                 if model.domain is not None:
-                    score, cstats = model.domain.score_crops(members[0], xt, with_stats=True)
+                    score, cstats = model.domain.score_crops(members[0], xt, with_stats=True, features=feats)
                     dom.append(score)
                     local_bg.append(crop_background(raw_batch))
                     bg_noise.append(cstats[:, 0] * float(model.normalization["contrast_scale"]))  # relative to the crop's background
@@ -197,7 +263,7 @@ def predict_cells(
         elif cfg["model_type"] == "features":
             prob = raw[0]
         else:
-            prob = softmax_t(raw.mean(0), float(cfg.get("temperature", 1.0)))
+            prob = _softmax(raw.mean(0), float(cfg.get("temperature", 1.0)))
         out["pred_label"] = np.array(classes, dtype=object)[prob.argmax(1)] if n else pd.Series(dtype=object)
         for k, c in enumerate(classes):
             out[f"pred_prob_{c}"] = prob[:, k]
@@ -211,7 +277,7 @@ def predict_cells(
     elif cfg["model_type"] == "features":
         mu, sd = raw[0, :, 0], None
     else:
-        mu, sd = _combine_regression(raw, cfg.get("loss", "mse"))
+        mu, sd = combine_ensemble(raw, gaussian=cfg.get("loss", "mse") == "gaussian")
     q = float(cfg["conformal_quantile"])
     width = q * (sd if (sd is not None and cfg.get("conformal_scaled")) else 1.0)
     pred_col = f"pred_{target}" if not target.startswith("pred_") else target
