@@ -253,3 +253,45 @@ def test_prediction_does_not_import_training():
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "heavy: [] False" in proc.stdout, proc.stdout
+
+
+def _crop_statistics_per_crop(x: np.ndarray, channels: list[str]) -> np.ndarray:
+    """The former one-crop-at-a-time ``crop_statistics`` (np.median, np.linalg.lstsq, np.std), as the reference."""
+    img = np.asarray(x[:, channels.index("intensity")], dtype=np.float64)
+    n, h, w = img.shape
+    yy, xx = np.mgrid[:h, :w]
+    cell = np.asarray(x[:, channels.index("mask")]) > 0.5 if "mask" in channels else np.broadcast_to(np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) < 0.3 * min(h, w), (n, h, w))
+    lap = np.zeros_like(img)
+    lap[:, 1:-1, 1:-1] = 4 * img[:, 1:-1, 1:-1] - img[:, :-2, 1:-1] - img[:, 2:, 1:-1] - img[:, 1:-1, :-2] - img[:, 1:-1, 2:]
+    gy, gx = np.gradient(img, axis=(1, 2))
+    inner = np.zeros((h, w), bool)
+    inner[1:-1, 1:-1] = True
+    design = np.stack([np.ones(h * w), (yy.ravel() - h / 2) / h, (xx.ravel() - w / 2) / w], 1)
+    out = np.full((n, 6), np.nan)
+    for i in range(n):
+        bg = ~cell[i] if (~cell[i]).sum() >= 8 else ~inner
+        fg = cell[i] if cell[i].sum() >= 4 else inner
+        lb = lap[i][bg & inner]
+        out[i, 0] = 1.4826 * np.median(np.abs(lb - np.median(lb))) / np.sqrt(20.0) if lb.size else 0.0
+        coef, *_ = np.linalg.lstsq(design[bg.ravel()], img[i].ravel()[bg.ravel()], rcond=None)
+        out[i, 1] = np.hypot(coef[1], coef[2])
+        g2 = np.mean(gy[i][fg] ** 2 + gx[i][fg] ** 2)
+        l2 = np.mean(lap[i][fg & inner] ** 2) if (fg & inner).any() else 0.0
+        out[i, 2] = np.log((l2 + 1e-12) / (g2 + 1e-12))
+        out[i, 3], out[i, 4], out[i, 5] = np.std(img[i][fg]), np.mean(img[i][fg]), np.std(img[i][bg])
+    return out
+
+
+def test_crop_statistics_without_a_loop_equal_the_per_crop_ones():
+    from mechanoscope.learn.domain import crop_statistics
+
+    x = normalise_crops(np.concatenate([_crops(30, 1), _crops(10, 2, noise=0.2, level=300.0)]), CH, CH, SCALE)
+    x[3, 1] = 0  # no cell: the interior stands for it
+    x[4, 1] = 1  # no background: the border stands for it
+    x[5, 0] += np.linspace(-1, 1, PX)[None, :]  # a background slope
+    for ch, xs in ((CH, x), (["intensity"], x[:, :1])):
+        ref = _crop_statistics_per_crop(xs, ch)
+        got = crop_statistics(xs, ch)
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+        assert got[5, 1] > 5 * np.median(got[:, 1])  # the slope is seen
+    assert crop_statistics(x[:0], CH).shape == (0, 6)

@@ -122,25 +122,58 @@ def crop_statistics(x: np.ndarray, channels: list[str]) -> np.ndarray:
     gy, gx = np.gradient(img, axis=(1, 2))
     inner = np.zeros((h, w), bool)
     inner[1:-1, 1:-1] = True
+    if n == 0:
+        return np.full((0, len(STAT_NAMES)), np.nan)
+    # all crops at once (no loop over cells); a crop with too little background / cell falls back to the border / interior
+    bg = ~np.asarray(cell, dtype=bool)
+    bg[bg.sum((1, 2)) < 8] = ~inner
+    fg = np.array(cell, dtype=bool)
+    fg[fg.sum((1, 2)) < 4] = inner
+    out = np.full((n, len(STAT_NAMES)), np.nan)
+    sel = (bg & inner).reshape(n, -1)
+    lb = lap.reshape(n, -1)
+    med = _masked_median(lb, sel)
+    mad = _masked_median(np.abs(lb - med[:, None]), sel)
+    out[:, 0] = np.where(sel.any(1), 1.4826 * mad / np.sqrt(20.0), 0.0)
+    # plane fitted to the background by least squares: normal equations per crop (3 × 3)
     yy, xx = np.mgrid[:h, :w]
     design = np.stack([np.ones(h * w), (yy.ravel() - h / 2) / h, (xx.ravel() - w / 2) / w], 1)
-    out = np.full((n, len(STAT_NAMES)), np.nan)
-    for i in range(n):
-        bg = ~cell[i]
-        if bg.sum() < 8:
-            bg = ~inner
-        fg = cell[i] if cell[i].sum() >= 4 else inner
-        lb = lap[i][bg & inner]
-        out[i, 0] = 1.4826 * np.median(np.abs(lb - np.median(lb))) / np.sqrt(20.0) if lb.size else 0.0
-        coef, *_ = np.linalg.lstsq(design[bg.ravel()], img[i].ravel()[bg.ravel()], rcond=None)
-        out[i, 1] = float(np.hypot(coef[1], coef[2]))
-        g2 = float(np.mean(gy[i][fg] ** 2 + gx[i][fg] ** 2))
-        l2 = float(np.mean(lap[i][fg & inner] ** 2)) if (fg & inner).any() else 0.0
-        out[i, 2] = np.log((l2 + 1e-12) / (g2 + 1e-12))
-        out[i, 3] = float(np.std(img[i][fg]))
-        out[i, 4] = float(np.mean(img[i][fg]))
-        out[i, 5] = float(np.std(img[i][bg]))
+    wgt = bg.reshape(n, -1).astype(np.float64)
+    gram = np.einsum("np,pi,pj->nij", wgt, design, design)
+    rhs = np.einsum("np,pi->ni", wgt * img.reshape(n, -1), design)
+    try:
+        coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # a background on one line: least squares crop by crop
+        coef = np.stack([np.linalg.lstsq(g, r, rcond=None)[0] for g, r in zip(gram, rhs, strict=True)])
+    out[:, 1] = np.hypot(coef[:, 1], coef[:, 2])
+    fgf = fg.reshape(n, -1)
+    nf = fgf.sum(1)
+    g2 = np.sum((gy**2 + gx**2).reshape(n, -1) * fgf, 1) / nf
+    fi = (fg & inner).reshape(n, -1)
+    nfi = fi.sum(1)
+    l2 = np.where(nfi > 0, np.sum(lb**2 * fi, 1) / np.maximum(nfi, 1), 0.0)
+    out[:, 2] = np.log((l2 + 1e-12) / (g2 + 1e-12))
+    flat = img.reshape(n, -1)
+    out[:, 4] = _masked_mean(flat, fgf)
+    out[:, 3] = np.sqrt(_masked_mean((flat - out[:, 4:5]) ** 2, fgf))
+    bgf = bg.reshape(n, -1)
+    mb = _masked_mean(flat, bgf)
+    out[:, 5] = np.sqrt(_masked_mean((flat - mb[:, None]) ** 2, bgf))
     return out
+
+
+def _masked_mean(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Row means of ``v`` ``(N, P)`` over the pixels where ``m`` is true (at least one per row)."""
+    return np.sum(np.where(m, v, 0.0), 1) / m.sum(1)
+
+
+def _masked_median(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Row medians of ``v`` ``(N, P)`` over the pixels where ``m`` is true, as :func:`numpy.median` (NaN for an empty row)."""
+    k = m.sum(1)
+    srt = np.sort(np.where(m, v, np.inf), axis=1)
+    lo = srt[np.arange(len(v)), np.maximum((k - 1) // 2, 0)] if v.shape[1] else np.zeros(len(v))
+    hi = srt[np.arange(len(v)), np.minimum(k // 2, max(v.shape[1] - 1, 0))] if v.shape[1] else np.zeros(len(v))
+    return np.where(k > 0, (lo + hi) / 2, np.nan)
 
 
 def feature_layer(net):
