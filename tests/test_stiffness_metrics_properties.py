@@ -850,3 +850,42 @@ def test_f1_of_a_class_never_predicted_is_zero_without_a_warning():
     assert m["f1"] == 0.0
     # a: precision 1/3, recall 1/2 -> F1 0.4; b and c: no true positive -> 0; macro mean 0.4/3
     assert m3["f1"] == pytest.approx(0.4 / 3)
+
+
+# ===================================================== classification outputs beyond the headline numbers
+def test_roc_curves_thresholds_brier_definition_and_reliability_bins_are_reported():
+    t = ["soft", "stiff", "soft", "stiff", "stiff", "soft"]
+    p1 = np.array([0.2, 0.9, 0.4, 0.6, 0.35, 0.1])
+    r = classification_metrics(t, p1, ["soft", "stiff"], n_bins=5)
+    fpr, tpr, thr = skm.roc_curve(np.array(t) == "stiff", p1)
+    assert list(r["roc"]) == ["stiff"]
+    # sklearn's first threshold is +inf (no cell called stiff); it is written as None (JSON has no infinity)
+    assert r["roc"]["stiff"]["thresholds"][0] is None and not np.isfinite(thr[0])
+    assert r["roc"]["stiff"]["thresholds"][1:] == pytest.approx(thr[1:].tolist()) == [0.9, 0.6, 0.4, 0.35, 0.1]
+    assert r["roc"]["stiff"]["fpr"] == pytest.approx(fpr.tolist()) and r["roc"]["stiff"]["tpr"] == pytest.approx(tpr.tolist())
+    assert len(r["roc"]["stiff"]["thresholds"]) == len(thr) and all(v is None or isinstance(v, float) for v in r["roc"]["stiff"]["thresholds"])
+    assert r["brier_definition"] == "mean squared error of P(stiff); 0 = perfect, 0.25 = always 0.5"
+    assert r["reliability"]["n_bins"] == 5 and r["ece_bins"] == 5 and len(r["reliability"]["count"]) == 5
+    # three classes: one curve per class present on both sides, the others left out, their AUC named in a note
+    t3 = ["a", "b", "a", "b", "a", "b"]
+    p3 = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.2, 0.3], [0.3, 0.5, 0.2], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    r3 = classification_metrics(t3, p3, ["a", "b", "c"])
+    assert sorted(r3["roc"]) == ["a", "b"] and all(isinstance(r3["roc"][k], dict) for k in r3["roc"])
+    assert r3["roc"]["a"]["auc"] == pytest.approx(skm.roc_auc_score(np.array(t3) == "a", p3[:, 0]))
+    assert r3["per_class"]["c"]["auc"] is None and r3["auc"] == pytest.approx(np.mean([r3["roc"]["a"]["auc"], r3["roc"]["b"]["auc"]]))
+    assert r3["notes"] == ["one-vs-rest AUC averaged without ['c']: no cell of those classes (or only those) in the truth"]
+    assert r3["brier_definition"] == "mean over cells of the summed squared error over classes; 0 = perfect, max 2"
+    # every cell of one class: no curve at all, AUC None (not NaN)
+    r1 = classification_metrics(["a"] * 3, p3[:3], ["a", "b", "c"])
+    assert r1["auc"] is None and r1["roc"] == {}
+
+
+def test_auc_note_names_the_one_class_even_for_a_single_cell():
+    r = classification_metrics(["stiff"], [0.8], ["soft", "stiff"])
+    assert r["auc"] is None and r["notes"] == ["AUC undefined: all 1 cells with truth are of one class (stiff)"]
+
+
+def test_class_fractions_are_none_where_no_cell_of_a_condition_has_a_label():
+    s = summarize_by_condition(["a", "a", "b"], None, [None, None, "x"], ["x", "y"])
+    assert s["a"]["class_fraction"] == {"x": None, "y": None}
+    assert s["b"]["class_fraction"] == {"x": 1.0, "y": 0.0}
