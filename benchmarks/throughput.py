@@ -34,6 +34,14 @@ MP): 2.9 cells/s, reading alone 0.07 s (ratio 728), of 51 s: predict 39 s (two m
 each network run twice per field: outputs, then the applicability-domain features),
 segment 8.2 s, extract 3.0 s; peak RSS 440 / 448 / 465 MiB for 2 / 20 / 200 fields
 (--memory-images 2) while the cells grew 10 / 95 / 938.
+
+After one pass per network (domain features by a forward hook), BatchNorm folded,
+channels-last, free-core threads and a loop-free ``crop_statistics`` (2026-12-02, same
+machine, load 6–9, ``--skip-memory --profile``): the fused channels-last CNN 323 crops/s
+at 1 thread, 254 at 2 (fp32 126, channels-last 207 in the same run; folded logits within
+4e-9); end to end 151 cells in 11.2 s: 13.4 cells/s (before, at load 8: 58.6 s, 2.6
+cells/s), stages predict 3.6 s / segment 4.6 s / extract 1.6 s (before 34.6 / 14.4 /
+4.7: predict fell from 2.4× to 0.8× the segmentation time, which now leads).
 """
 
 from __future__ import annotations

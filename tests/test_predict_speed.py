@@ -6,6 +6,7 @@ from a second, separate pass (``DomainReference.score_crops`` without features),
 is what ``predict_cells`` did before. Tolerances: probabilities 1e-5 absolute, moduli
 1e-5 relative, domain scores 1e-4 relative (Mahalanobis distances in 64 features
 amplify the float32 rounding of the folded convolutions) with the same in/out verdicts.
+The networks run on the CPU here (a GPU rounds convolutions differently, TF32).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def test_classification_equals_unoptimised_path(tta):
     z = raw.mean(0) / 1.7
     prob = np.exp(z - z.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
-    got = predict_cells(model, table, crops, channels=CH, batch_size=32)
+    got = predict_cells(model, table, crops, channels=CH, batch_size=32, device="cpu")
     np.testing.assert_allclose(got[["pred_prob_soft", "pred_prob_stiff"]].to_numpy(), prob, atol=1e-5)
     assert 0.05 < (prob.argmax(1) == 1).mean() < 0.95  # both classes predicted
     np.testing.assert_array_equal(got["pred_label"].to_numpy(), np.array(["soft", "stiff"])[prob.argmax(1)])
@@ -141,7 +142,7 @@ def test_regression_equals_unoptimised_path(kwargs):
     raw, score = _reference(model, crops)
     mu = raw[:, :, 0].mean(0)
     sd = raw[:, :, 0].std(0)
-    got = predict_cells(model, table, crops, channels=CH, batch_size=25, **kwargs)
+    got = predict_cells(model, table, crops, channels=CH, batch_size=25, **kwargs, device="cpu")
     np.testing.assert_allclose(got["pred_stiffness_pa"], 10 ** (mu * 0.4 + 3.0), rtol=1e-5)
     np.testing.assert_allclose(got["pred_log10_sd"], sd * 0.4, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(got["pred_lo_pa"], 10 ** ((mu - 0.8) * 0.4 + 3.0), rtol=1e-5)
@@ -151,14 +152,14 @@ def test_regression_equals_unoptimised_path(kwargs):
 def test_each_network_runs_once_per_batch_and_view():
     model = _model("classification", tta=True)
     table, crops = _test_cells(70)
-    predict_cells(model, table.iloc[:2], crops[:2], channels=CH, batch_size=32)  # builds the inference copies
+    predict_cells(model, table.iloc[:2], crops[:2], channels=CH, batch_size=32, device="cpu")  # builds the inference copies
     (_, nets), = model._inference.values()
     calls = [0] * len(nets)
     hooks = [net.register_forward_pre_hook(lambda *a, k=k: calls.__setitem__(k, calls[k] + 1)) for k, net in enumerate(nets)]
     originals = [0]
     hooks.append(model.members[0].register_forward_pre_hook(lambda *a: originals.__setitem__(0, originals[0] + 1)))
     try:
-        predict_cells(model, table, crops, channels=CH, batch_size=32)
+        predict_cells(model, table, crops, channels=CH, batch_size=32, device="cpu")
     finally:
         for h in hooks:
             h.remove()
@@ -170,11 +171,11 @@ def test_each_network_runs_once_per_batch_and_view():
 def test_weights_changed_in_place_are_used():
     model = _model("regression", tta=False)
     table, crops = _test_cells(30)
-    before = predict_cells(model, table, crops, channels=CH)["pred_stiffness_pa"].to_numpy()
+    before = predict_cells(model, table, crops, channels=CH, device="cpu")["pred_stiffness_pa"].to_numpy()
     with torch.no_grad():
         for net in model.members:
             net.head[-1].bias.add_(0.5)
-    after = predict_cells(model, table, crops, channels=CH)["pred_stiffness_pa"].to_numpy()
+    after = predict_cells(model, table, crops, channels=CH, device="cpu")["pred_stiffness_pa"].to_numpy()
     np.testing.assert_allclose(after / before, 10 ** (0.5 * 0.4), rtol=1e-5)
 
 
@@ -244,7 +245,7 @@ def test_prediction_does_not_import_training():
         model = t._model("regression", tta=False, members=1, train=False)
         table, crops = t._test_cells(20)
         had = set(sys.modules)  # fitting the domain reference (sklearn) may have imported SciPy parts already
-        out = t.predict_cells(model, table, crops, channels=t.CH)
+        out = t.predict_cells(model, table, crops, channels=t.CH, device="cpu")
         assert len(out) == 20
         heavy = [m for m in ("mechanoscope.learn.train", "mechanoscope.learn.uncertainty", "scipy.optimize") if m in sys.modules and m not in had]
         print("heavy:", heavy, "mechanoscope.learn.train" in had)
