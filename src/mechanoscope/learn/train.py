@@ -28,7 +28,7 @@ from mechanoscope.errors import MechanoscopeError
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import TrainingData, check_target, group_split, load_run, normalise_crops, resolve_task
 from mechanoscope.learn.uncertainty import conformal_quantile, expected_calibration_error, fit_temperature, softmax_t
-from mechanoscope.nn.inference import forward_tta
+from mechanoscope.nn.inference import combine_ensemble, forward_tta
 from mechanoscope.nn.inference import predict_batched as predict_outputs
 from mechanoscope.nn.training import EarlyStopping
 
@@ -183,17 +183,8 @@ def _class_weights(y: np.ndarray, n: int) -> np.ndarray:
 
 
 def _combine_regression(outs: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Ensemble mean and spread (standardised units) from outputs (K, N, n_out)."""
-    mu = outs[:, :, 0].mean(0)
-    var = np.zeros_like(mu)
-    have = False
-    if loss == "gaussian":
-        var = var + np.exp(outs[:, :, 1]).mean(0)
-        have = True
-    if outs.shape[0] > 1:
-        var = var + outs[:, :, 0].var(0)
-        have = True
-    return mu, (np.sqrt(np.maximum(var, 1e-12)) if have else None)
+    """Ensemble mean and spread (standardised units) from outputs (K, N, n_out): :func:`~mechanoscope.nn.inference.combine_ensemble`."""
+    return combine_ensemble(outs, gaussian=loss == "gaussian")
 
 
 def _metrics_classification(y_idx: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict:
