@@ -15,6 +15,7 @@ import yaml
 
 from mechanoscope.errors import ConfigError, MechanoscopeError
 from mechanoscope.pipeline.run_config import RunConfig, expand_inputs
+from tests.test_field import models  # noqa: F401  (the module fixture: a one-epoch CNN classifier and a features regressor)
 
 N_IMAGES = 5
 
@@ -28,19 +29,6 @@ def sim(tmp_path_factory) -> Path:
     for k, p in enumerate(sorted((sim / "images").glob("*.tif"))):
         p.rename(p.with_name(f"{'AB'[k % 2]}{k // 2 + 1:02d}_f{k}.tif"))
     return sim
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[Path, Path]:
-    """A one-epoch CNN classifier and a features regressor."""
-    from mechanoscope.learn.train import train_model
-    from tests.test_learn import _cfg, _toy_run
-
-    root = tmp_path_factory.mktemp("models")
-    toy = _toy_run(root / "toy", n_images=12, per_image=6)
-    cnn = train_model(toy, _cfg(epochs=1), root / "cnn").model_dir
-    feat = train_model(toy, _cfg(target="stiffness_pa", model_type="features"), root / "feat").model_dir
-    return cnn, feat
 
 
 def _cfg(tmp: Path, sim: Path, models, **kw) -> RunConfig:

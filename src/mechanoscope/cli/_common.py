@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 from pathlib import Path
 
 import typer
@@ -146,4 +147,18 @@ def print_segmentation_qc(qc: dict | None, limit: int = 10) -> None:
         s = qc["groups"][g]
         console.print(f"[red]segmentation QC:[/red] every image of {escape(g) if g != 'all' else 'the run'} ({s['n_images']}) is flagged: "
                       "its cells were not found, so comparisons with it are not meaningful (check exposure, focus or segmentation)")
+
+
+def print_warnings_and_failures(caught: Iterable[Any], status: Iterable[dict]) -> list[dict]:
+    """Print a batch's warnings once each and every failed image once; return the failed entries."""
+    failed = [e for e in status if e["status"] == "failed"]
+    seen: set[str] = set()
+    for w in caught:  # failures are listed once below; other warnings once each
+        text = str(w.message)
+        if text not in seen and not any(e["error"] in text for e in failed):
+            seen.add(text)
+            console.print(f"[yellow]warning:[/yellow] {escape(text)}")
+    for e in failed:
+        console.print(f"[yellow]skipped:[/yellow] {escape(e['error'])}")
+    return failed
 

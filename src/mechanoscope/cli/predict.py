@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
-from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, user_errors
+from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, print_warnings_and_failures, user_errors
 
 
 def predict(
@@ -43,15 +43,7 @@ def predict(
             info = predict_run(source, [str(m) for m in model], out, segmentation=segmentation, pixel_size_um=pixel_size_um, batch_size=batch_size,
                                overwrite=overwrite, max_pixels=max_pixels,
                                progress=lambda stage, i, n: bar.update(tid, description=stage, completed=i, total=n))
-    failed = [e for e in info.get("status", []) if e["status"] == "failed"]
-    seen: set[str] = set()
-    for w in caught:  # failures are listed once below; other warnings once each
-        text = str(w.message)
-        if text not in seen and not any(e["error"] in text for e in failed):
-            seen.add(text)
-            console.print(f"[yellow]warning:[/yellow] {escape(text)}")
-    for e in failed:
-        console.print(f"[yellow]skipped:[/yellow] {escape(e['error'])}")
+    failed = print_warnings_and_failures(caught, info.get("status", []))
     if info["n_cells"] == 0:
         summary = f"no cell was found; wrote an empty cell table to {out / 'cells.parquet'}"
         if not failed:

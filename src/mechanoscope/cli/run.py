@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, user_errors
+from mechanoscope.cli._common import console, finish_batch, print_segmentation_qc, print_warnings_and_failures, user_errors
 
 
 def run(
@@ -43,15 +42,7 @@ def run(
             tid = bar.add_task("starting", total=1)
             info = run_batch(cfg, progress=lambda stage, i, n: bar.update(tid, description=stage, completed=i, total=n),
                              command=shlex.join(["mechanoscope"] + sys.argv[1:]), source=config)
-    failed = [e for e in info.get("status", []) if e["status"] == "failed"]
-    seen: set[str] = set()
-    for w in caught:
-        text = str(w.message)
-        if text not in seen and not any(e["error"] in text for e in failed):
-            seen.add(text)
-            console.print(f"[yellow]warning:[/yellow] {escape(text)}")
-    for e in failed:
-        console.print(f"[yellow]skipped:[/yellow] {escape(e['error'])}")
+    failed = print_warnings_and_failures(caught, info.get("status", []))
     where = info["cluster"]["kind"] + (f", {info['cluster']['workers']} workers" if info["cluster"]["workers"] else "")
     summary = (f"{info['n_cells']} cells in {info['n_images']} of {info['n_input_images']} images ({info['cells_per_second']} cells/s end to end, "
                f"{where}; {info['n_resumed'] or 0} finished earlier) → {Path(cfg.out) / 'cells.parquet'}")
