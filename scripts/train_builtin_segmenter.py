@@ -154,10 +154,11 @@ def model_card(rec: dict[str, Any]) -> str:
     if cv:
         lines += ["", f"{cv.get('k')}-fold cross-validation by image over the 45 real images of the same recipe and "
                   f"representation (`{cv.get('representation')}`), each fold's model trained without its test images "
-                  f"on a much shorter CPU budget than this model ({cv.get('budget')}; real images only): pooled "
-                  f"AP@0.5 {cv['pooled']['ap_50']}, AP@0.75 {cv['pooled']['ap_75']}, AP@[.5:.95] {cv['pooled']['ap_50_95']}, "
-                  f"F1 {cv['pooled']['f1_50']}; AP@0.5 over folds {cv['over_folds']['ap_50']}. "
-                  "The shipped model itself has not been cross-validated."]
+                  f"on a much shorter CPU budget than this model ({cv.get('budget')}; real images only): "
+                  + (f"pooled AP@0.5 {cv['pooled']['ap_50']}, AP@0.75 {cv['pooled']['ap_75']}, AP@[.5:.95] "
+                     f"{cv['pooled']['ap_50_95']}, F1 {cv['pooled']['f1_50']}; " if cv.get("pooled") else "")
+                  + "over folds " + "; ".join(f"{k} {v}" for k, v in cv["over_folds"].items())
+                  + ". The shipped model itself has not been cross-validated."]
     lines += [
         "",
         "## Intended use and limits",
