@@ -398,7 +398,8 @@ def test_predict_cells_regression_log_target_interval_in_pa():
     mu = (1.0 * V + 0.1 + 0.5 * V - 0.1) / 2
     sd = np.maximum(np.abs((1.0 * V + 0.1) - (0.5 * V - 0.1)) / 2, 1e-6)
     out = predict_cells(_model(members, conformal_scaled=True, **cfg), table, crops, channels=["intensity", "mask"])
-    assert set(out.columns) == {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd"}
+    assert set(out.columns) == {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_log10_sd", "pred_interval_calibrated"}
+    assert not out["pred_interval_calibrated"].any()  # this hand-made model has no domain reference: no claim of calibration
     np.testing.assert_allclose(out["pred_stiffness_pa"], 10 ** (mu * 0.5 + 3.0), rtol=1e-5)
     np.testing.assert_allclose(out["pred_lo_pa"], 10 ** ((mu - 1.2 * sd) * 0.5 + 3.0), rtol=1e-5)
     np.testing.assert_allclose(out["pred_hi_pa"], 10 ** ((mu + 1.2 * sd) * 0.5 + 3.0), rtol=1e-5)
@@ -418,7 +419,7 @@ def test_predict_cells_regression_linear_target_and_gaussian_spread():
     cfg = dict(task="regression", target="height_um", channels=["intensity"], log_target=False, target_mean=5.0, target_std=2.0, conformal_quantile=0.8, loss="gaussian", conformal_scaled=True)
     out = predict_cells(_model(members, **cfg), pd.DataFrame({"i": range(len(V))}), _hand_crops(V), channels=["intensity", "mask"])
     sd = 2.0**V
-    assert set(out.columns) == {"pred_height_um", "pred_lo_value", "pred_hi_value", "pred_log10_sd"}
+    assert set(out.columns) == {"pred_height_um", "pred_lo_value", "pred_hi_value", "pred_log10_sd", "pred_interval_calibrated"}
     np.testing.assert_allclose(out["pred_height_um"], V * 2 + 5, rtol=1e-5)
     np.testing.assert_allclose(out["pred_lo_value"], (V - 0.8 * sd) * 2 + 5, rtol=1e-5)
     np.testing.assert_allclose(out["pred_hi_value"], (V + 0.8 * sd) * 2 + 5, rtol=1e-5)
@@ -426,7 +427,7 @@ def test_predict_cells_regression_linear_target_and_gaussian_spread():
     single = [_linear({4: [1.0]}, [0.0], 9)]
     cfg.update(loss="mse", target="stiffness_pa", log_target=True)
     out = predict_cells(_model(single, **cfg), pd.DataFrame({"i": range(len(V))}), _hand_crops(V), channels=["intensity", "mask"])
-    assert set(out.columns) == {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa"}
+    assert set(out.columns) == {"pred_stiffness_pa", "pred_lo_pa", "pred_hi_pa", "pred_interval_calibrated"}
     np.testing.assert_allclose(out["pred_lo_pa"] * 10 ** (2 * 0.8 * 2.0), out["pred_hi_pa"], rtol=1e-5)
     np.testing.assert_allclose(out["pred_stiffness_pa"], 10 ** (V * 2 + 5), rtol=1e-5)
 
