@@ -889,3 +889,10 @@ def test_class_fractions_are_none_where_no_cell_of_a_condition_has_a_label():
     s = summarize_by_condition(["a", "a", "b"], None, [None, None, "x"], ["x", "y"])
     assert s["a"]["class_fraction"] == {"x": None, "y": None}
     assert s["b"]["class_fraction"] == {"x": 1.0, "y": 0.0}
+
+
+def test_classification_result_names_its_classes_and_positive_class():
+    r = classification_metrics(["soft", "stiff", "soft"], [0.2, 0.7, 0.4], ["soft", "stiff"])
+    assert r["classes"] == ["soft", "stiff"] and r["positive_class"] == "stiff" and r["n"] == 3 and r["n_missing_truth"] == 0
+    r = classification_metrics(["a", "b", "c"], np.eye(3), ["a", "b", "c"])
+    assert r["classes"] == ["a", "b", "c"] and r["positive_class"] is None
