@@ -142,65 +142,6 @@ def _fmap(local_sd: np.ndarray, grad: np.ndarray, st_sd: float, st_grad: float, 
     return fmap.astype(np.float32, copy=False)
 
 
-def _components(fmap: np.ndarray, thr: float, px: float, cfg: ClassicalSegmentationConfig, r: dict) -> np.ndarray:
-    """Steps 3-4 of the classical pipeline: threshold and morphology → connected components."""
-    fg = fmap > thr + math.log(cfg.threshold_factor)
-    rc = r["closing_radius_um"] / px
-    if rc >= 1:
-        pad = int(rc) + 1
-        fg = ndi.binary_closing(np.pad(fg, pad), _cl._disk(rc))[pad:-pad, pad:-pad]
-    max_hole_px = r["max_hole_area_um2"] / (px * px)
-    if max_hole_px > 0:
-        fg = _cl._fill_holes(fg, max_hole_px)
-    ro = r["opening_radius_um"] / px
-    if ro >= 1:
-        fg = ndi.binary_opening(fg, _cl._disk(ro))
-    rs = r["boundary_shrink_um"] / px
-    if rs > 0:
-        fg = ndi.distance_transform_edt(np.pad(fg, 1, mode="edge"))[1:-1, 1:-1] > rs
-    comp, _ = ndi.label(fg)
-    return _cl._remove_small(comp, r["min_cell_area_um2"] / (px * px))
-
-
-def _split(img01: np.ndarray, comp: np.ndarray, px: float, cfg: ClassicalSegmentationConfig, r: dict, rthr: float) -> np.ndarray:
-    """Step 5 (classical ``_split``) with the image-wide border-line threshold ``rthr``."""
-    from skimage import morphology, segmentation
-    from skimage.feature import peak_local_max
-
-    mask = comp > 0
-    smooth_px = max(1.0, 0.05 * cfg.cell_diameter_um / px)
-    raw_edt = ndi.distance_transform_edt(mask).astype(np.float32)
-    edt = ndi.gaussian_filter(raw_edt, smooth_px)
-    edt[~mask] = 0
-    if cfg.split_method == "ridges":
-        scale = r["ridge_scale_um"] / px
-        ridge = _cl._ridge_map(img01, scale)
-        line_frac = ndi.gaussian_filter((ridge > rthr).astype(np.float32), 2.0 * scale)
-        depth_px = 0.5 * r["min_separation_um"] / px
-        dist = ndi.gaussian_filter(np.maximum(raw_edt - depth_px * line_frac, 0), smooth_px)
-        dist[~mask] = 0
-    else:
-        dist = edt
-    min_sep_px = max(1, int(round(r["min_separation_um"] / px)))
-    peaks = peak_local_max(dist, min_distance=min_sep_px, labels=comp, exclude_border=False)
-    h_px = r["h_maxima_um"] / px
-    if h_px > 0 and len(peaks):
-        dyn = dist - morphology.reconstruction(dist - np.float32(h_px), dist)
-        peaks = peaks[dyn[peaks[:, 0], peaks[:, 1]] >= 0.999 * h_px]
-    markers = np.zeros(comp.shape, dtype=np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    has_seed = np.zeros(int(comp.max()) + 1, dtype=bool)
-    has_seed[comp[peaks[:, 0], peaks[:, 1]]] = True
-    present = np.zeros_like(has_seed)
-    present[comp.ravel()] = True
-    missing = np.flatnonzero(present & ~has_seed)
-    missing = missing[missing > 0]
-    if len(missing):
-        pos = np.asarray(ndi.maximum_position(dist, comp, missing), dtype=np.intp).reshape(-1, 2)
-        markers[pos[:, 0], pos[:, 1]] = np.arange(len(peaks) + 1, len(peaks) + 1 + len(missing), dtype=np.int32)
-    return segmentation.watershed(-edt, markers, mask=mask)
-
-
 # ------------------------------------------------------------------------------ statistics
 def image_statistics(image: Any, *, pixel_size_um: float, config: ClassicalSegmentationConfig | None = None, block_px: int = 2048,
                      overlap_px: int | None = None, stats_stride: int = 1, scheduler: str | None = None) -> ImageStatistics:
@@ -235,7 +176,7 @@ def image_statistics(image: Any, *, pixel_size_um: float, config: ClassicalSegme
         fmap = _fmap(local_sd, grad, med_sd, med_grad, cfg)
         if what == "fmap":
             return fmap[sl].ravel()
-        comp = _components(fmap, thr, px, cfg, r)
+        comp = _cl._components(fmap, thr, px, cfg, r)
         ridge = _cl._ridge_map(img01, r["ridge_scale_um"] / px)
         return ridge[sl][comp[sl] > 0].ravel()
 
@@ -328,10 +269,10 @@ def segment_classical_blockwise(
     def label_block(core, win):
         img01 = _normalise(np.asarray(image[win]), st.lo, st.hi)
         local_sd, grad = _texture_maps(img01, px, r)
-        comp = _components(_fmap(local_sd, grad, st.median_local_sd, st.median_gradient, cfg), st.threshold, px, cfg, r)
+        comp = _cl._components(_fmap(local_sd, grad, st.median_local_sd, st.median_gradient, cfg), st.threshold, px, cfg, r)
         if comp.max() == 0:
             return core, win, None, 0
-        labels = _split(img01, comp, px, cfg, r, st.ridge_threshold) if cfg.split_touching else comp
+        labels = _cl._split(img01, comp, px, cfg, r, ridge_threshold=st.ridge_threshold) if cfg.split_touching else comp
         labels = _cl._remove_small(labels.astype(np.int32, copy=False), min_px)
         # keep the cells whose first pixel (raster order) lies in this block's core
         ids, first = np.unique(labels.ravel(), return_index=True)

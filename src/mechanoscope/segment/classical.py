@@ -300,25 +300,9 @@ def segment_classical(
             stacklevel=2,
         )
         return np.zeros(arr.shape, dtype=np.int32)
-    fg = fmap > thr + math.log(cfg.threshold_factor)
-
-    # 4: morphology in µm
-    rc = r["closing_radius_um"] / px
-    if rc >= 1:
-        pad = int(rc) + 1  # pad so that closing does not glue cells to the border
-        fg = ndi.binary_closing(np.pad(fg, pad), _disk(rc))[pad:-pad, pad:-pad]
-    max_hole_px = r["max_hole_area_um2"] / px_area
-    if max_hole_px > 0:
-        fg = _fill_holes(fg, max_hole_px)
-    ro = r["opening_radius_um"] / px
-    if ro >= 1:
-        fg = ndi.binary_opening(fg, _disk(ro))
-    rs = r["boundary_shrink_um"] / px
-    if rs > 0:  # exact erosion by a disk of radius rs (image border counts as inside)
-        fg = ndi.distance_transform_edt(np.pad(fg, 1, mode="edge"))[1:-1, 1:-1] > rs
+    # 3-4: threshold and morphology in µm
     min_px = r["min_cell_area_um2"] / px_area
-    comp, _ = ndi.label(fg)
-    comp = _remove_small(comp, min_px)
+    comp = _components(fmap, thr, px, cfg, r)
     if comp.max() == 0:
         return np.zeros(arr.shape, dtype=np.int32)
 
@@ -330,14 +314,40 @@ def segment_classical(
     return _raster_order(labels).astype(np.int32, copy=False)
 
 
+def _components(fmap: np.ndarray, thr: float, px: float, cfg: ClassicalSegmentationConfig, r: dict[str, float]) -> np.ndarray:
+    """Steps 3-4: threshold the foreground map, morphology in µm, connected components above the minimum area."""
+    fg = fmap > thr + math.log(cfg.threshold_factor)
+    rc = r["closing_radius_um"] / px
+    if rc >= 1:
+        pad = int(rc) + 1  # pad so that closing does not glue cells to the border
+        fg = ndi.binary_closing(np.pad(fg, pad), _disk(rc))[pad:-pad, pad:-pad]
+    max_hole_px = r["max_hole_area_um2"] / (px * px)
+    if max_hole_px > 0:
+        fg = _fill_holes(fg, max_hole_px)
+    ro = r["opening_radius_um"] / px
+    if ro >= 1:
+        fg = ndi.binary_opening(fg, _disk(ro))
+    rs = r["boundary_shrink_um"] / px
+    if rs > 0:  # exact erosion by a disk of radius rs (image border counts as inside)
+        fg = ndi.distance_transform_edt(np.pad(fg, 1, mode="edge"))[1:-1, 1:-1] > rs
+    comp, _ = ndi.label(fg)
+    return _remove_small(comp, r["min_cell_area_um2"] / (px * px))
+
+
 def _split(
     img01: np.ndarray,
     comp: np.ndarray,
     px: float,
     cfg: ClassicalSegmentationConfig,
     r: dict[str, float],
+    ridge_threshold: float | None = None,
 ) -> np.ndarray:
-    """Marker-controlled watershed of the connected components ``comp``."""
+    """Marker-controlled watershed of the connected components ``comp``.
+
+    ``ridge_threshold``: the border-line threshold (Otsu of the ridge map over the
+    foreground × ``ridge_threshold_factor``); default: computed from ``comp`` itself
+    (blockwise segmentation passes the image-wide value).
+    """
     from skimage import morphology, segmentation
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
@@ -350,7 +360,7 @@ def _split(
     if cfg.split_method == "ridges":
         scale = r["ridge_scale_um"] / px
         ridge = _ridge_map(img01, scale)
-        rthr = float(threshold_otsu(ridge[mask])) * cfg.ridge_threshold_factor
+        rthr = float(threshold_otsu(ridge[mask])) * cfg.ridge_threshold_factor if ridge_threshold is None else ridge_threshold
         # fraction of border-line pixels around each pixel, subtracted (times half the
         # minimum separation) from the distance map: a long line through a cluster
         # cuts a valley, fine texture inside a cell lowers the map about evenly and
