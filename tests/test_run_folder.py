@@ -183,35 +183,29 @@ _PAUSE = """
         open(os.environ["KILL_MARKER"], "w").close()
         time.sleep(600)
 """
+
+def _kill_in_label_write(k: int) -> str:
+    """Child code: pause (to be killed) half-way through writing the k-th label image."""
+    return f"""
+        import mechanoscope.io.images as images
+        from mechanoscope.io import atomic
+        real, n = images.write_label_image, [0]
+        def write_label_image(path, *a, **k):
+            n[0] += 1
+            if n[0] == {k}:
+                with atomic.atomic_path(path) as tmp:
+                    tmp.write_bytes(b"half a label image")
+                    pause()
+            return real(path, *a, **k)
+        images.write_label_image = write_label_image
+    """
+
+
 POINTS = {
     # segment: half-way through writing the 3rd label image (2 done, a temporary file left)
-    "segment": ("""
-        import mechanoscope.io.images as images
-        from mechanoscope.io import atomic
-        real, n = images.write_label_image, [0]
-        def write_label_image(path, *a, **k):
-            n[0] += 1
-            if n[0] == 3:
-                with atomic.atomic_path(path) as tmp:
-                    tmp.write_bytes(b"half a label image")
-                    pause()
-            return real(path, *a, **k)
-        images.write_label_image = write_label_image
-    """, ["labels/.img_0002.tmp-"]),
+    "segment": (_kill_in_label_write(3), ["labels/.img_0002.tmp-"]),
     # segment: half-way through writing the 1st label image (only a temporary file in labels/, nothing done)
-    "segment_first_image": ("""
-        import mechanoscope.io.images as images
-        from mechanoscope.io import atomic
-        real, n = images.write_label_image, [0]
-        def write_label_image(path, *a, **k):
-            n[0] += 1
-            if n[0] == 1:
-                with atomic.atomic_path(path) as tmp:
-                    tmp.write_bytes(b"half a label image")
-                    pause()
-            return real(path, *a, **k)
-        images.write_label_image = write_label_image
-    """, ["labels/.img_0000.tmp-"]),
+    "segment_first_image": (_kill_in_label_write(1), ["labels/.img_0000.tmp-"]),
     # extract: after the 2nd image's status is written (the 3rd not started)
     "extract_mid_images": ("""
         from mechanoscope.io.run_folder import RunFolder
