@@ -34,9 +34,9 @@ def run(
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = RunConfig.from_file(config)
         flags = {"cluster": cluster, "n_workers": n_workers, "out": str(out.resolve()) if out is not None else None, "overwrite": overwrite}
-        cfg = merge_config(RunConfig, None, {**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None and (k != "overwrite" or v)}})
+        typed = {k for k, v in flags.items() if v is not None and v is not False}  # these options have no default that could override the file
+        cfg = merge_config(RunConfig, config, flags, typed=typed, what="run settings").resolved(config.resolve().parent)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=console, transient=True) as bar:
             tid = bar.add_task("starting", total=1)

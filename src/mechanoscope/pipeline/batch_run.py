@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mechanoscope.io.atomic import check_output_folder_path, make_output_folder, write_json
+from mechanoscope.io.atomic import check_output_folder_path, write_json
 from mechanoscope.pipeline.run_config import RunConfig, expand_inputs
 
 __all__ = ["run_batch"]
@@ -51,7 +51,6 @@ def run_batch(cfg: RunConfig, *, progress: Callable[[str, int, int], None] | Non
             command=command, paths=paths, image_columns=columns or None, client=client,
         )
         workers = len(client.scheduler_info().get("workers", {})) if client is not None else 0
-    make_output_folder(out, "run folder (out)")
     write_json(cfg.model_dump(mode="json"), out / "run_config.json")
     seconds = time.perf_counter() - t0
     info.update(
