@@ -142,3 +142,10 @@ def test_cli_report(tmp_path):
     assert "data:image/png;base64" in html and "mean APE" in html
     r = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no such run folder" in r.output
+
+
+def test_model_table_leaves_out_settings_that_do_not_apply():
+    from mechanoscope.report.html import _model_rows
+
+    rows = _model_rows({"model_path": "/m", "classes": ["soft", "stiff"], "interval_level": None, "interval_method": None})
+    assert rows == [("model path", "/m"), ("classes", "soft, stiff")]

@@ -338,6 +338,8 @@ Stiffness is Young's modulus E in pascal (Pa).
 def _model_rows(model: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for k, v in model.items():
+        if v is None:  # a setting that does not apply to this model (e.g. interval level of a classifier)
+            continue
         if isinstance(v, Mapping):
             v = "; ".join(f"{kk}: {vv}" for kk, vv in v.items())
         elif isinstance(v, list):
