@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("dclab")
 
+from pathlib import Path  # noqa: E402
+
 from mechanoscope.io.rtdc import RTDCReadError  # noqa: E402
 from mechanoscope.mechanics.rtdc import import_rtdc  # noqa: E402
 from tests.conftest import shared_data  # noqa: E402
@@ -111,3 +113,65 @@ def test_labels_table_is_joined_by_event_and_bad_tables_are_refused(tmp_path):
                        (labels.assign(rtdc_deform=0.1), "would replace"), (pd.concat([labels, labels]), "more than once")):
         with pytest.raises(RTDCReadError, match=words):
             import_rtdc(path, tmp_path / "bad", {"max_events": 2, "crop_pixels": 16}, labels=bad)
+
+
+def test_several_files_go_into_one_run_and_a_bad_file_is_recorded_and_skipped(tmp_path):
+    from mechanoscope.learn.data import load_run
+    from mechanoscope.mechanics.rtdc_files import import_rtdc_files
+
+    a = _file("fmt-hdf5_fl_wide-channel_2023__wide_channel_issue_212.rtdc")
+    b = _file("fmt-hdf5_fl-no-contour_2019__mask_with_artefact.rtdc")
+    bad = tmp_path / "broken.rtdc"
+    bad.write_bytes(b"\x89HDF truncated")
+    alone = {p.name: import_rtdc(p, tmp_path / p.stem, {"max_events": 5, "crop_pixels": 16}).table for p in (a, b)}
+    res = import_rtdc_files([a, bad, b], tmp_path / "run", {"max_events": 5, "crop_pixels": 16})
+    assert [f["status"] for f in res.files] == ["imported", "failed", "imported"]
+    assert len(res.failed) == 1 and "broken.rtdc" in res.failed[0]["error"]
+    assert res.n_imported == len(res.table) == 10 and res.n_events == 20  # both files hold 10 events; 5 each imported
+    data = load_run(tmp_path / "run")  # the consolidated table and crops belong together, row by row
+    assert len(data.table) == 10 and data.table.image_id.is_unique
+    for name, one in alone.items():  # each file's rows and crops are those of importing it alone
+        rows = data.table.index[data.table.rtdc_file.map(lambda f: f.endswith(name))]
+        assert list(data.table.loc[rows, "image_id"]) == list(one.image_id)
+        np.testing.assert_allclose(data.table.loc[rows, "rtdc_deform"].to_numpy(), one.rtdc_deform.to_numpy())
+        single = load_run(tmp_path / Path(name).stem)
+        np.testing.assert_array_equal(np.asarray(data.crops)[rows], np.asarray(single.crops))
+    summary = pd.read_json(tmp_path / "run" / "rtdc.json", typ="series")
+    assert summary["n_failed"] == 1 and summary["n_files"] == 3 and not (tmp_path / "run" / "parts").exists()
+
+
+def test_several_files_with_one_name_or_labels_without_file_column_are_refused(tmp_path):
+    from mechanoscope.mechanics.rtdc_files import import_rtdc_files
+
+    a = _file("fmt-hdf5_fl_wide-channel_2023__wide_channel_issue_212.rtdc")
+    (tmp_path / "x").mkdir()
+    twin = tmp_path / "x" / a.name
+    twin.write_bytes(a.read_bytes())
+    with pytest.raises(RTDCReadError, match="same name"):
+        import_rtdc_files([a, twin], tmp_path / "run")
+    b = _file("fmt-hdf5_fl-no-contour_2019__mask_with_artefact.rtdc")
+    with pytest.raises(RTDCReadError, match="no 'file' column"):
+        import_rtdc_files([a, b], tmp_path / "run", labels=pd.DataFrame({"rtdc_event": [0], "reference_pa": [1.0]}))
+    with pytest.raises(RTDCReadError, match="no RT-DC file could be imported"):
+        bad = tmp_path / "bad.rtdc"
+        bad.write_text("not hdf5")
+        import_rtdc_files([bad, tmp_path / "missing.rtdc"], tmp_path / "run")
+    assert not (tmp_path / "run" / "cells.parquet").exists()
+
+
+def test_cli_imports_several_files_and_exits_1_when_one_fails(tmp_path):
+    import subprocess
+    import sys
+
+    a = _file("fmt-hdf5_fl_2018__calibration_beads.rtdc")
+    b = _file("fmt-hdf5_fl-no-contour_2019__mask_with_artefact.rtdc")
+    bad = tmp_path / "broken.rtdc"
+    bad.write_bytes(b"\x89HDF truncated")
+    proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "rtdc", "import", str(a), str(bad), str(b),
+                           "--out", str(tmp_path / "run"), "--crop-pixels", "16"], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "COLUMNS": "250"})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    lines = text.strip().splitlines()
+    assert "imported 17 of 17 event(s) from 2 of 3 file(s)" in lines[-2] and "broken.rtdc" in text
+    assert lines[-1].startswith("1 of 3 file(s) failed; details in") and "rtdc.json" in lines[-1]
