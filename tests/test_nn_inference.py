@@ -82,3 +82,46 @@ def test_tiled_segmentation_output_with_tta_equals_whole_image_tta():
     np.testing.assert_allclose(tiled[:, 1:-1, 1:-1], whole[:, 1:-1, 1:-1], rtol=1e-4, atol=1e-5)
     plain = predict_logits_tiled(net, img, tile_size_px=24, tile_overlap_px=8, rf_radius_px=1, stride=1, device=torch.device("cpu"))
     assert np.abs(plain - tiled).max() > 1e-2
+
+
+def test_batchnorm_is_folded_into_monai_convolutions_and_transposed_convolutions():
+    from monai.networks.nets import UNet
+
+    from mechanoscope.nn.inference import fuse_for_inference
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch")
+    net.train()
+    for _ in range(3):  # running statistics away from 0/1, so an unfolded or wrongly folded norm shows
+        net(torch.randn(4, 1, 32, 32) * 3 + 1)
+    net.eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    n_up = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    fused = fuse_for_inference(net)
+    assert n_bn >= 4 and n_up >= 1 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 1, 48, 48)
+    with torch.inference_mode():
+        want, got = net(x), fused(x)
+    assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max()))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+def test_segmentation_inference_net_follows_weight_changes():
+    from mechanoscope.segment.network import SegmentationModel
+    from mechanoscope.segment.network_config import SegmentationTrainConfig
+    from mechanoscope.segment.network_config import build_unet
+
+    cfg = SegmentationTrainConfig(channels=(4, 8), epochs=1)
+    net = build_unet(cfg).eval()
+    model = SegmentationModel(net=net, config=cfg, pixel_size_um=1.0, normalization={})
+    x = torch.randn(1, 1, 32, 32)
+    first = model.inference_net()
+    assert model.inference_net() is first  # made once
+    with torch.inference_mode():
+        assert torch.allclose(first(x), net(x), atol=1e-5)
+    with torch.no_grad():
+        next(net.parameters()).add_(0.5)  # e.g. an optimiser step of fine-tuning
+    again = model.inference_net()
+    assert again is not first
+    with torch.inference_mode():
+        assert torch.allclose(again(x), net(x), atol=1e-5) and not torch.allclose(first(x), net(x), atol=1e-3)

@@ -275,7 +275,7 @@ def test_tiled_inference_equals_untiled(trained):
     tiled = m.config.inference.model_copy(update={"tile_size_px": 48})  # automatic overlap
     p_whole = predict_probabilities(img, pixel_size_um=1.0, model=m, inference=whole)
     shapes = []
-    hook = m.net.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
+    hook = m.inference_net().register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
     try:
         p_tiled = predict_probabilities(img, pixel_size_um=1.0, model=m, inference=tiled)
     finally:

@@ -157,8 +157,10 @@ def forward_tta_capture(net: Any, x: Any, layer: Any, tta: bool = True) -> tuple
 def fuse_for_inference(net: Any) -> Any:
     """An eval-mode copy of ``net`` with each BatchNorm folded into the convolution before it.
 
-    Every ``ConvNd`` directly followed by a ``BatchNormNd`` (with running statistics)
-    inside an ``nn.Sequential`` becomes one convolution
+    Every ``ConvNd`` or ``ConvTransposeNd`` directly followed by a ``BatchNormNd`` (with
+    running statistics) inside an ``nn.Sequential`` — or followed by a Sequential whose
+    first layer is that BatchNorm, as in MONAI's ``Convolution`` (conv, then ADN:
+    norm, dropout, activation) — becomes one convolution
     (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) and the BatchNorm an
     ``nn.Identity``, so the module tree (and e.g. the last linear layer) keeps its
     names. Outputs equal the original's in eval mode up to float rounding (~1e-6
@@ -175,17 +177,36 @@ def fuse_for_inference(net: Any) -> Any:
     if not isinstance(net, nn.Module):
         return net
     fused = copy.deepcopy(net).eval()
-    pairs = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
+    pairs = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
+             (nn.ConvTranspose1d, nn.BatchNorm1d), (nn.ConvTranspose2d, nn.BatchNorm2d), (nn.ConvTranspose3d, nn.BatchNorm3d))
+
+    def first_bn(mod: Any) -> tuple[Any, str | None]:
+        """The BatchNorm that runs first in ``mod``: ``mod`` itself, or the first child of a
+        Sequential (MONAI's ``Convolution`` is ``conv`` then an ``ADN`` Sequential whose
+        first layer is the norm)."""
+        if isinstance(mod, nn.Sequential) and len(mod._modules):
+            name = next(iter(mod._modules))
+            return mod, name
+        return None, None
+
     with torch.no_grad():
         for mod in list(fused.modules()):
             if not isinstance(mod, nn.Sequential):
                 continue
             names = list(mod._modules)
             for a, b in itertools.pairwise(names):
-                conv, bn = mod._modules[a], mod._modules[b]
-                if any(type(conv) is c and type(bn) is n for c, n in pairs) and bn.track_running_stats and bn.running_mean is not None:
-                    mod._modules[a] = fuse_conv_bn_eval(conv, bn)
-                    mod._modules[b] = nn.Identity()
+                conv, nxt = mod._modules[a], mod._modules[b]
+                holder, key = (mod, b)
+                if isinstance(nxt, nn.Sequential):  # conv → Sequential(BN, …), as in MONAI's ADN
+                    holder, key = first_bn(nxt)
+                    if holder is None:
+                        continue
+                bn = holder._modules[key]
+                match = next((c for c, n in pairs if type(conv) is c and type(bn) is n), None)
+                if match is not None and bn.track_running_stats and bn.running_mean is not None:
+                    transposed = match in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+                    mod._modules[a] = fuse_conv_bn_eval(conv, bn, transpose=transposed)
+                    holder._modules[key] = nn.Identity()
     return fused
 
 

@@ -105,10 +105,31 @@ class SegmentationModel:
     rf_radius_px: int = 0
     path: Path | None = None
     device: Any = None
+    _inference: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def stride(self) -> int:
         return self.config.stride
+
+    def inference_net(self) -> Any:
+        """``net`` prepared for inference: an eval copy with BatchNorm folded into the
+        convolutions and, on the CPU, in channels-last memory format (1.2× and 1.85×
+        faster on 2 cores, ``benchmarks/segment.py``). Outputs equal ``net``'s in eval
+        mode up to float rounding. Made once and remade when ``net``'s weights change
+        (e.g. fine-tuning), so it never runs stale weights."""
+        import torch
+
+        from mechanoscope.nn.inference import fuse_for_inference
+
+        key = (id(self.net), tuple((p.data_ptr(), p._version) for p in self.net.parameters()),
+               tuple((b.data_ptr(), b._version) for b in self.net.buffers()))
+        if self._inference is None or self._inference[0] != key:
+            ready = fuse_for_inference(self.net)
+            dev = next(self.net.parameters()).device
+            if dev.type == "cpu":
+                ready = ready.to(memory_format=torch.channels_last)
+            self._inference = (key, ready)
+        return self._inference[1]
 
 
 def load_segmentation_model(
@@ -196,23 +217,18 @@ def _model_grid_probabilities(
             "test-time augmentation is not available for 'hover' models (their offset channels "
             "change sign under flips); set test_time_augmentation to false"
         )
-    was_training = model.net.training
-    model.net.eval()
-    try:
-        logits = predict_logits_tiled(
-            model.net,
-            norm,
-            tile_size_px=inference.tile_size_px,
-            tile_overlap_px=inference.tile_overlap_px,
-            rf_radius_px=model.rf_radius_px,
-            stride=model.stride,
-            device=model.device,
-            tile_batch=inference.tile_batch,
-            tta=inference.test_time_augmentation,
-            progress=progress,
-        )
-    finally:
-        model.net.train(was_training)
+    logits = predict_logits_tiled(
+        model.inference_net(),
+        norm,
+        tile_size_px=inference.tile_size_px,
+        tile_overlap_px=inference.tile_overlap_px,
+        rf_radius_px=model.rf_radius_px,
+        stride=model.stride,
+        device=model.device,
+        tile_batch=inference.tile_batch,
+        tta=inference.test_time_augmentation,
+        progress=progress,
+    )
     return activate(logits, model.config.representation)
 
 
