@@ -56,14 +56,37 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def simulate(modality: str, n: int, seed0: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+#: Imaging variation of the simulated training fields (``--vary-imaging``): exposure
+#: (photons per pixel at background, log-uniform) and illumination unevenness
+#: (peak-to-peak, uniform), drawn per field from its own seed. The defaults of the
+#: simulator are 5,000 photons and 0.15; a user's dim or unevenly lit dish lies inside.
+IMAGING_VARIATION = {"photons_per_pixel": (500.0, 10000.0), "illumination_variation": (0.05, 0.8)}
+
+
+def imaging_of(seed: int) -> dict[str, Any]:
+    """The exposure and illumination unevenness of simulated training field ``seed``."""
+    rng = np.random.default_rng([seed, 7919])
+    lo, hi = IMAGING_VARIATION["photons_per_pixel"]
+    photons = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    uneven = float(rng.uniform(*IMAGING_VARIATION["illumination_variation"]))
+    return {"camera": {"photons_per_pixel": round(photons, 1)}, "illumination_variation": round(uneven, 3)}
+
+
+def simulate(modality: str, n: int, seed0: int, size: int, vary_imaging: bool = False) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     from mechanoscope.simulate import AdherentConfig, simulate_field
 
     kw: dict[str, Any] = {"defocus_um": 0.0} if modality == "phase_contrast" else {}
-    cfg = AdherentConfig(modality=modality, image_shape_px=(size, size), n_images=max(n, 1), **kw)
-    fields = [simulate_field(cfg, seed0 + i, population=cfg.population_names[i % 2], image_id=f"{modality}_{seed0 + i}")
-              for i in range(n)]
-    return [f.image for f in fields], [f.labels.astype(np.int32) for f in fields], float(cfg.optics.pixel_size_um)
+    images, labels, px = [], [], 0.0
+    for i in range(n):
+        extra = imaging_of(seed0 + i) if vary_imaging else {}
+        cfg = AdherentConfig(modality=modality, image_shape_px=(size, size), n_images=max(n, 1), **kw, **extra)
+        f = simulate_field(cfg, seed0 + i, population=cfg.population_names[i % 2], image_id=f"{modality}_{seed0 + i}")
+        images.append(f.image)
+        labels.append(f.labels.astype(np.int32))
+        px = float(cfg.optics.pixel_size_um)
+    if not n:
+        px = float(AdherentConfig(modality=modality).optics.pixel_size_um)
+    return images, labels, px
 
 
 def read_real(data: Path, limit: int | None) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[Path]]:
@@ -96,6 +119,35 @@ def score(fn, images, labels, px) -> dict[str, Any]:
     return {**out, "n_images": len(images), "n_true": int(agg["n_true"]), "megapixels_per_s": round(mp / secs, 3)}
 
 
+#: Script arguments that do not change the model (where it goes, how the run is done).
+NOT_MODEL_ARGS = {"quick", "out", "overwrite", "data", "update_card", "cv_json", "threads"}
+
+
+def rerun_flags(script_args: dict[str, Any]) -> str:
+    """The command-line flags (those that differ from the defaults) that repeat a run."""
+    defaults = vars(build_parser().parse_args([]))
+    flags = []
+    for key, value in script_args.items():
+        if key in NOT_MODEL_ARGS or key not in defaults or value == defaults[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value}")
+    return "".join(" " + f for f in flags)
+
+
+def stop_reason(rec: dict[str, Any]) -> str:
+    """Why training stopped: early stopping (repeats exactly) or the time limit."""
+    t = rec["training"]
+    asked = rec["settings"]["epochs"]
+    patience = rec["settings"].get("early_stopping_patience")
+    if t.get("epochs_run") == asked:
+        return f"all {asked} epochs ran"
+    if patience and t.get("best_epoch") is not None and t["epochs_run"] - t["best_epoch"] >= patience:
+        return f"early stopping after {t['epochs_run']} epochs ({patience} without a better validation loss)"
+    return (f"the original run stopped at its time limit of {rec.get('script_args', {}).get('max_minutes')} min "
+            f"after {t['epochs_run']} epochs: pass --epochs {t['epochs_run']} to repeat it")
+
+
 def model_card(rec: dict[str, Any]) -> str:
     s, d = rec["settings"], rec["data"]
     lines = [
@@ -124,7 +176,9 @@ def model_card(rec: dict[str, Any]) -> str:
         f"- **Citation:** {CITATION}",
         f"- **Simulated fields** (mechanoscope.simulate, adherent cells with true masks): "
         f"{d['simulated']['n_per_modality']} bright-field and {d['simulated']['n_per_modality']} phase-contrast fields of "
-        f"{d['simulated']['size_px']} px at {d['simulated']['pixel_size_um']} µm/px, seeds {d['simulated']['seeds']}.",
+        f"{d['simulated']['size_px']} px at {d['simulated']['pixel_size_um']} µm/px, seeds {d['simulated']['seeds']}"
+        + (f"; each field's exposure (photons/pixel, log-uniform) and illumination unevenness (uniform) drawn from "
+           f"{d['simulated']['imaging_variation']}." if d['simulated'].get('imaging_variation') else "."),
         f"- Validation (held out of the gradient steps; early stopping, threshold search): {d['validation']}.",
         "",
         "## Training settings",
@@ -134,9 +188,8 @@ def model_card(rec: dict[str, Any]) -> str:
         f"(best {rec['training']['best_epoch']}) in {rec['training']['wall_time_s']} s on {rec['training']['device']}.",
         f"- Augmentation: dihedral views, scale {s['scale_range']}, gamma {s['gamma_range']}, intensity "
         f"{s['intensity_scale_range']}, blur up to σ = {s['blur_sigma_max_px']} px, Gaussian noise up to {s['noise_std']}.",
-        f"- Rerun: `python scripts/train_builtin_segmenter.py --overwrite --representation {s['representation']} "
-        f"--epochs {rec['training']['epochs_run']}` repeats this model on a CPU (same seeds; the original run "
-        f"asked for {s['epochs']} epochs and stopped at its time limit of {rec.get('script_args', {}).get('max_minutes')} min). "
+        f"- Rerun: `python scripts/train_builtin_segmenter.py --overwrite{rerun_flags(rec.get('script_args', {}))}` "
+        f"repeats this model on a CPU (same seeds; {stop_reason(rec)}). "
         "Its JSON record is in metrics.json.",
         "",
         "## Scores (AP at IoU 0.5, AP@[.5:.95], F1@0.5; pooled over images)",
@@ -150,7 +203,10 @@ def model_card(rec: dict[str, Any]) -> str:
                 v = sc[meth]
                 lines.append(f"| {name} | {meth} | {v['ap_50']} | {v['ap_75']} | {v['ap_50_95']} | {v['f1_50']} | {v['megapixels_per_s']} |")
     cv = rec.get("cross_validation")
-    lines += ["", "Real validation images: 4 Usiigaci images held out of this training (small; flatters the model)."]
+    lines += ["", "Real validation images: 4 Usiigaci images held out of this training (small; flatters the model). "
+              f"MP/s: input megapixels per second on {rec.get('cpu_count')} CPU cores at the end of training "
+              f"(load average {rec.get('load_average')}; other jobs shared the cores), at the inference settings of "
+              "that time; `benchmarks/segment.py` measures speed on its own."]
     if cv:
         lines += ["", f"{cv.get('k')}-fold cross-validation by image over the 45 real images of the same recipe and "
                   f"representation (`{cv.get('representation')}`), each fold's model trained without its test images "
@@ -196,7 +252,7 @@ def update_card(out: Path, cv_json: Path | None) -> None:
     print(json.dumps(rec.get("cross_validation"), indent=2))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min): 3 real + 2 simulated images, 1 epoch")
     ap.add_argument("--out", type=Path, default=None, help=f"model folder (default {DEFAULT_OUT}; quick: a temp folder)")
@@ -215,12 +271,19 @@ def main() -> None:
     ap.add_argument("--sim-per-modality", type=int, default=8)
     ap.add_argument("--sim-size", type=int, default=384)
     ap.add_argument("--sim-test", type=int, default=4, help="simulated test fields per modality")
+    ap.add_argument("--vary-imaging", action="store_true",
+                    help=f"draw each simulated training field's exposure and illumination unevenness from {IMAGING_VARIATION}")
     ap.add_argument("--cv-json", type=Path, default=None, help="benchmarks/segment.py --parts cv output for the card")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop starting epochs after this training time")
     ap.add_argument("--update-card", action="store_true",
                     help="no training: add --cv-json to the record of the model at --out and rewrite its card")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
 
     import torch
@@ -254,7 +317,7 @@ def main() -> None:
     images, labels, pxs, kinds = list(real_i), list(real_l), [USIIGACI_PX_UM] * len(real_i), ["real"] * len(real_i)
     sim_px = None
     for mod, seed0 in SIM_TRAIN_SEEDS.items():
-        ims, labs, sim_px = simulate(mod, args.sim_per_modality, seed0, args.sim_size)
+        ims, labs, sim_px = simulate(mod, args.sim_per_modality, seed0, args.sim_size, vary_imaging=args.vary_imaging)
         images += ims
         labels += labs
         pxs += [sim_px] * len(ims)
@@ -312,6 +375,7 @@ def main() -> None:
                      "licence": "MIT, (c) 2018 OIST", "citation": CITATION},
             "simulated": {"n_per_modality": args.sim_per_modality, "size_px": args.sim_size, "pixel_size_um": sim_px,
                           "seeds": {k: [v, v + args.sim_per_modality - 1] for k, v in SIM_TRAIN_SEEDS.items()},
+                          "imaging_variation": IMAGING_VARIATION if args.vary_imaging else None,
                           "test_seeds": {k: [v, v + args.sim_test - 1] for k, v in SIM_TEST_SEEDS.items()}},
             "validation": [f"{kinds[i]}:{names[i] if i < n_real else i - n_real}" for i in val],
         },
