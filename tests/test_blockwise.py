@@ -69,3 +69,23 @@ def test_too_small_overlap_is_reported_and_bad_options_refused(field):
     with pytest.raises(ConfigError, match="2-D"):
         segment_classical_blockwise(np.zeros((2, 64, 64)), pixel_size_um=px)
     assert default_overlap_px(px) > ClassicalSegmentationConfig().cell_diameter_um / px
+
+
+def test_the_classical_segmenter_goes_blockwise_on_large_planes_with_the_same_labels(monkeypatch):
+    import mechanoscope.segment.blockwise as bw
+    from mechanoscope.segment import batch
+    from mechanoscope.segment.classical import segment_classical
+
+    field = simulate_field(AdherentConfig(image_shape_px=(256, 256), n_images=2), 11, population="soft")
+    image, px = field.image, AdherentConfig().optics.pixel_size_um
+    calls = []
+    real = bw.segment_classical_blockwise
+    monkeypatch.setattr(bw, "segment_classical_blockwise", lambda *a, **k: calls.append(k["block_px"]) or real(*a, **k))
+    monkeypatch.setattr(batch, "BLOCKWISE_MIN_PIXELS", 128 * 128)
+    monkeypatch.setattr(batch, "BLOCKWISE_BLOCK_PX", 96)
+    segment, _, _ = batch.build_segmenter("classical")
+    labels = segment(image, px)
+    assert calls == [96] and labels.max() > 3
+    assert np.array_equal(labels, segment_classical(image, pixel_size_um=px))
+    segment(image[:100, :100], px)  # a small plane: the whole-image pipeline
+    assert calls == [96]

@@ -106,6 +106,13 @@ def segmentation_plane(img: Any, *, channel: int | None = None, frame: int | Non
     return arr
 
 
+#: Planes larger than this (pixels) are segmented by the classical pipeline block by block
+#: (:func:`~mechanoscope.segment.blockwise.segment_classical_blockwise`: the same labels as
+#: the whole-image pipeline, whose filters on a 20,000² image would need tens of GB).
+BLOCKWISE_MIN_PIXELS = 4096 * 4096
+BLOCKWISE_BLOCK_PX = 2048
+
+
 def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, device: str | None = None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
     """A segmenter for ``method`` (``"classical"``, ``"builtin"`` — the model shipped with the package — or a segmentation model folder).
 
@@ -118,7 +125,15 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
         from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
 
         cfg = validate_mapping(ClassicalSegmentationConfig, settings)
-        return (lambda arr, px: segment_classical(arr, pixel_size_um=px, config=cfg)), {"method": "classical"}, cfg
+
+        def classical(arr: np.ndarray, px: float) -> np.ndarray:
+            if arr.size > BLOCKWISE_MIN_PIXELS:  # same labels, memory bounded by the block (segment/blockwise.py)
+                from mechanoscope.segment.blockwise import segment_classical_blockwise
+
+                return segment_classical_blockwise(arr, pixel_size_um=px, config=cfg, block_px=BLOCKWISE_BLOCK_PX)
+            return segment_classical(arr, pixel_size_um=px, config=cfg)
+
+        return classical, {"method": "classical"}, cfg
     from mechanoscope.io.model_folder import sha256_file
     from mechanoscope.segment.builtin_model import resolve_model_folder
     from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model, segment_network
