@@ -13,20 +13,37 @@ the training crops, in two spaces:
 In each space the reference is the mean and the Ledoit–Wolf shrunk covariance of the
 **training** cells (``sklearn.covariance.LedoitWolf``); a cell's distance is its
 Mahalanobis distance. Both distances are divided by their ``cell_quantile`` (default
-95 %) on the **held-out** validation + calibration cells (images the weights never
-learnt from; calibration only after a refit), the cell's score is the larger of the
+95 %) on the **held-out** validation + calibration + test cells (images the weights
+never learnt from; calibration + test after a refit), the cell's score is the larger of the
 two, and ``domain_score`` is that divided by its own ``cell_quantile`` on the same
 held-out cells: ``domain_score > 1`` means out of domain, and by construction about
-5 % of cells of images acquired like the training images are flagged. An image is
-out of domain when the median ``domain_score`` of its cells exceeds
-``image_threshold``: the ``image_quantile`` of the held-out images' medians (times
-``image_margin``), so an image-level flag says "imaged unlike the training images"
-rather than "one odd cell".
+5 % of cells of images acquired like the training images are flagged.
 
-The image threshold is an upper prediction bound for one more image's median score:
-on the log of the held-out images' medians, mean + t₍₁₋α, n−1₎ · sd · √(1 + 1/n)
-(α = ``image_alpha``, default 0.01; a finite-sample rule for the few held-out images
-there are), and never below their largest median.
+**Images** are judged by tests with a stated false-flag rate ``image_alpha`` (default
+5 %: the share of images acquired like the training images that are flagged):
+
+* crop criterion: the median ``domain_score`` of **all** the image's cells (as
+  prediction computes it, QC-failing and unlabelled cells included) against the
+  medians of all cells of the held-out images (every image the weights never learnt
+  from: validation, calibration and test). On their logs the p-value comes from the
+  upper normal **tolerance limit** at confidence ``image_confidence`` (default 90 %):
+  with that probability over the held-out images, images acquired like them are
+  flagged at a rate of at most the level — a training-conditional guarantee, because
+  the sd of a few dozen image medians can be 30 % low by chance and a plain prediction
+  bound (valid only on average over training experiments) then flags far more than
+  its level (:func:`image_median_p_value`; non-central t, the finite-sample
+  correction);
+* image criterion (:mod:`mechanoscope.learn.domain_image`): conformal p-value of the
+  native-image statistics, p = 0 for a pixel size outside the training range.
+
+A model flags an image when Holm's procedure over its criteria rejects one at level
+``image_alpha`` (``pred_image_in_domain_<target>``; equivalently the smallest p-value
+times the number of criteria ≤ ``image_alpha``). The run's verdict
+(``pred_image_in_domain``) is Holm's procedure over the criteria of **all** models in
+the table, an image criterion shared by several models (identical p-values: the same
+training images) counted once, so the run flags an image acquired like the training
+images with probability at most ``image_alpha`` however many models it holds
+(Bonferroni's inequality: no assumption on how the criteria depend on each other).
 
 Crops are resampled to the model's pixel size, which hides a change of pixel size and
 much of a change of noise or focus; the image-level reference of
@@ -36,10 +53,11 @@ image flagged says why (``pred_image_domain_reason``).
 
 The reference (``domain.safetensors``: means and precision matrices; ``domain.json``:
 thresholds, the image-level reference and what they were calibrated on;
-``domain_version`` 2) is written into the model folder at training. A model folder
+``domain_version`` 3) is written into the model folder at training. A model folder
 without it still predicts, with a :class:`NoDomainReferenceWarning`; a folder with a
 version-1 reference (before the image-level checks) predicts with the crop-level check
-only and an :class:`OldDomainReferenceWarning`.
+only, and a version-2 reference (image medians calibrated on labelled cells only) with
+its stored medians; both with an :class:`OldDomainReferenceWarning`.
 """
 
 from __future__ import annotations
@@ -64,6 +82,8 @@ __all__ = [
     "feature_layer",
     "fit_domain_reference",
     "image_median_threshold",
+    "image_median_p_value",
+    "holm_reject",
     "load_domain_reference",
     "domain_columns",
     "judge_images",
@@ -76,7 +96,7 @@ __all__ = [
 DOMAIN_FILES = ("domain.json", "domain.safetensors")
 STAT_NAMES = ("background_noise", "background_slope", "sharpness", "cell_contrast_sd", "cell_contrast_mean", "background_level_sd")
 SPACES = ("features", "image_stats")
-DOMAIN_VERSION = 2
+DOMAIN_VERSION = 3
 
 
 class NoDomainReferenceWarning(MechanoscopeWarning):
@@ -234,7 +254,18 @@ class DomainReference:
     cell_threshold
         ``cell_quantile`` of the held-out cells' combined score (``domain_score`` = score / this).
     image_threshold
-        An image is out of domain when the median ``domain_score`` of its cells exceeds it.
+        The median ``domain_score`` of an image's cells above which this model's crop
+        criterion alone rejects at its Holm/Bonferroni share of ``image_alpha`` (shown
+        in the reasons; the decision is made on the p-value).
+    image_medians
+        Median ``domain_score`` of all cells of each held-out image (the calibration of
+        the crop criterion, :func:`image_median_p_value`).
+    image_alpha
+        Nominal rate at which images acquired like the training images are flagged.
+    image_confidence
+        Confidence of the crop criterion's training-conditional calibration (normal
+        tolerance limit, :func:`image_median_p_value`); None: marginal (prediction
+        interval).
     image_reference
         Pixel-size range and native-image statistics of the training images
         (:class:`~mechanoscope.learn.domain_image.ImageDomainReference`); None in a
@@ -252,6 +283,22 @@ class DomainReference:
     info: dict = field(default_factory=dict)
     image_reference: ImageDomainReference | None = None
     version: int = DOMAIN_VERSION
+    image_medians: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    image_alpha: float = 0.05
+    image_confidence: float | None = 0.9
+
+    @property
+    def n_image_criteria(self) -> int:
+        """Number of image-level tests of this model (crop criterion, plus the image criterion when there is an image-level reference)."""
+        return 1 + (self.image_reference is not None)
+
+    def image_crop_p(self, medians: np.ndarray) -> np.ndarray:
+        """p-value of each image's median ``domain_score`` against the held-out images' (:func:`image_median_p_value`);
+        a reference without stored medians (version 1) gives 0 above ``image_threshold``, else 1."""
+        if not len(self.image_medians):
+            m = np.asarray(medians, dtype=float)
+            return np.where(np.isfinite(m) & (m > self.image_threshold), 0.0, 1.0)
+        return image_median_p_value(self.image_medians, medians, self.image_confidence)
 
     def _distance(self, space: str, v: np.ndarray) -> np.ndarray:
         d = v - self.means[space]
@@ -304,8 +351,13 @@ class DomainReference:
             "component_scale": self.component_scale,
             "cell_threshold": self.cell_threshold,
             "image_threshold": self.image_threshold,
-            "score": "domain_score = combined score / cell_threshold; > 1 = out of domain; image out of domain when the median domain_score of its cells > image_threshold, or when its pixel size or native image statistics lie outside the training images' (image_level)",
+            "image_alpha": self.image_alpha,
+            "image_confidence": self.image_confidence,
+            "score": "domain_score = combined score / cell_threshold; > 1 = out of domain. Image: Holm over the model's criteria at image_alpha "
+                     "(crop criterion: p-value of the log median domain_score of all the image's cells against held_out_image_median_scores from the normal tolerance limit at image_confidence; "
+                     "image criterion: conformal p-value of the native image statistics, 0 for a pixel size outside the training range (image_level))",
             **self.info,
+            "held_out_image_median_scores": [float(v) for v in self.image_medians],
             "domain_version": DOMAIN_VERSION,
             "image_level": self.image_reference.to_dict() if self.image_reference is not None else None,
         }
@@ -318,25 +370,66 @@ def _quantile(v: np.ndarray, q: float) -> float:
     return float(np.quantile(v, q, method="higher")) if v.size else float("nan")
 
 
-def image_median_threshold(medians: np.ndarray, alpha: float = 0.01) -> float:
-    """Upper ``1 − alpha`` prediction bound for one more image's median ``domain_score``.
+def _log_median_moments(medians: np.ndarray) -> tuple[float, float, int]:
+    m = np.asarray(medians, dtype=float)
+    lm = np.log(m[np.isfinite(m) & (m > 0)])
+    if len(lm) < 2:
+        return (float(lm[0]) if len(lm) else 0.0), float("nan"), len(lm)
+    return float(lm.mean()), float(max(lm.std(ddof=1), 1e-6)), len(lm)
 
-    On the log of the held-out images' medians (n of them): mean + t₍₁₋α, n−1₎ · sd ·
-    √(1 + 1/n) — the normal-theory prediction interval, whose t quantile and √(1 + 1/n)
-    are the finite-sample correction for estimating mean and sd from few images — and
-    never below the largest median seen.
+
+def image_median_p_value(reference_medians: np.ndarray, medians: np.ndarray, confidence: float | None = None) -> np.ndarray:
+    """Upper-tail p-value of each of ``medians`` against the ``reference_medians`` of n held-out images.
+
+    On the logs, with ``k = (log m − mean) / sd`` (mean and sd, ddof 1, of the n
+    reference log medians):
+
+    * ``confidence=None``: the Student-t prediction p-value ``P(T_{n−1} > k / √(1 + 1/n))``,
+      exactly uniform for one more image like the reference ones when log medians are
+      normal — averaged over reference sets. For ONE reference set the rate of
+      ``p ≤ α`` scatters around α (an sd estimated from few images may be 30 % low);
+    * ``confidence=γ`` (training-conditional): the smallest α for which ``m`` lies above
+      the upper (1 − α, γ) normal tolerance limit ``mean + k_α · sd``,
+      ``k_α = t'_γ(n − 1, z_{1−α} √n) / √n`` (non-central t): with probability at least
+      γ over the reference images, images like them get ``p ≤ α`` at a rate of at most α.
+
+    Fewer than 2 reference medians: a median up to 1.5 × the largest gets p = 1, above
+    it 0 (no calibration possible). NaN or non-positive medians (no cell) get p = 1.
     """
-    from scipy.special import stdtrit  # Student t quantile (lighter to import than scipy.stats)
+    from scipy.special import ndtr, nctdtrinc, stdtr  # lighter to import than scipy.stats
 
     m = np.asarray(medians, dtype=float)
-    m = m[np.isfinite(m) & (m > 0)]
-    if not len(m):
-        return 1.0
-    if len(m) < 3:
-        return float(m.max() * 1.5)
-    lm = np.log(m)
-    bound = lm.mean() + stdtrit(len(m) - 1, 1 - alpha) * lm.std(ddof=1) * np.sqrt(1 + 1 / len(m))
-    return float(max(np.exp(bound), m.max(), 1e-9))
+    mean, sd, n = _log_median_moments(reference_medians)
+    ok = np.isfinite(m) & (m > 0)
+    lm = np.log(np.where(ok, m, 1.0))
+    if n < 2:
+        top = float(np.exp(mean)) if n else 1.0
+        return np.where(ok & (m > 1.5 * top), 0.0, 1.0)
+    k = (lm - mean) / sd
+    if confidence is None:
+        p = stdtr(n - 1, -k / np.sqrt(1 + 1 / n))
+    else:
+        nc = nctdtrinc(n - 1, float(confidence), np.clip(k, -50, 50) * np.sqrt(n))
+        p = ndtr(-nc / np.sqrt(n))
+    return np.where(ok, np.clip(p, 0.0, 1.0), 1.0)
+
+
+def image_median_threshold(medians: np.ndarray, alpha: float = 0.05, confidence: float | None = None) -> float:
+    """The median ``domain_score`` at which :func:`image_median_p_value` against ``medians`` equals ``alpha``.
+
+    On the logs: mean + t₍₁₋α, n−1₎ · sd · √(1 + 1/n) (prediction bound), or with
+    ``confidence`` γ the tolerance limit mean + t'_γ(n − 1, z₁₋α √n) / √n · sd.
+    """
+    from scipy.special import nctdtrit, ndtri, stdtrit
+
+    mean, sd, n = _log_median_moments(medians)
+    if n < 2:
+        return float(1.5 * np.exp(mean)) if n else 1.0
+    if confidence is None:
+        k = stdtrit(n - 1, 1 - alpha) * np.sqrt(1 + 1 / n)
+    else:
+        k = nctdtrit(n - 1, ndtri(1 - alpha) * np.sqrt(n), float(confidence)) / np.sqrt(n)
+    return float(np.exp(mean + k * sd))
 
 
 def fit_domain_reference(
@@ -348,9 +441,11 @@ def fit_domain_reference(
     *,
     channels: list[str],
     cell_quantile: float = 0.95,
-    image_alpha: float = 0.01,
+    image_alpha: float = 0.05,
     held_out_splits: str = "val + calibration",
     image_reference: ImageDomainReference | None = None,
+    image_cells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    image_confidence: float | None = 0.9,
 ) -> DomainReference:
     """Fit the reference on training cells and calibrate its thresholds on held-out cells.
 
@@ -365,10 +460,17 @@ def fit_domain_reference(
     cell_quantile
         Quantile of held-out cells' scores that sets the cell threshold.
     image_alpha
-        Level of the image threshold: an upper ``1 − image_alpha`` prediction bound
-        for one more image's median score (:func:`image_median_threshold`).
+        Nominal rate at which images acquired like the training images are flagged
+        (the family-wise level of the image-level tests, module docstring).
     image_reference
         The image-level reference (:func:`~mechanoscope.learn.domain_image.fit_image_reference`).
+    image_cells
+        ``(features, stats, image_ids)`` of **every** cell of the held-out images
+        (unlabelled and QC-failing ones included, as prediction scores them), for the
+        images' median scores; default: the held-out cells grouped by ``held_groups``.
+    image_confidence
+        Confidence of the crop criterion's training-conditional calibration
+        (:func:`image_median_p_value`); None: marginal.
 
     Raises
     ------
@@ -395,19 +497,26 @@ def fit_domain_reference(
     ref.component_scale = {s: _quantile(d[s], cell_quantile) or 1.0 for s in SPACES}
     ref.cell_threshold = _quantile(ref.raw_score(held_features, held_stats), cell_quantile) or 1.0
     s = ref.score(held_features, held_stats)
-    medians = pd.Series(s).groupby(held_groups).median()
-    ref.image_threshold = image_median_threshold(medians.to_numpy(), image_alpha)
+    if image_cells is not None:
+        img_f, img_s, img_ids = image_cells
+        medians = pd.Series(ref.score(img_f, img_s)).groupby(np.asarray(img_ids).astype(str)).median()
+    else:
+        medians = pd.Series(s).groupby(held_groups).median()
     ref.image_reference = image_reference
+    ref.image_medians = medians.to_numpy(dtype=float)
+    ref.image_alpha = float(image_alpha)
+    ref.image_confidence = None if image_confidence is None else float(image_confidence)
+    ref.image_threshold = image_median_threshold(ref.image_medians, image_alpha / ref.n_image_criteria, ref.image_confidence)
     ref.info = {
         "n_reference_cells": int(len(train_features)),
         "n_held_out_cells": int(len(held_features)),
         "n_held_out_images": int(len(medians)),
+        "n_held_out_image_cells": int(len(image_cells[2])) if image_cells is not None else int(len(held_features)),
         "held_out_splits": held_out_splits,
         "cell_quantile": cell_quantile,
-        "image_alpha": image_alpha,
-        "image_threshold_rule": "upper prediction bound on log median scores of the held-out images: mean + t(1-alpha, n-1) sd sqrt(1 + 1/n), at least their largest median",
+        "image_medians_of": "every cell of the held-out images" if image_cells is not None else "the held-out cells",
+        "image_threshold_rule": "median domain_score at which the crop criterion's p-value (normal tolerance limit at image_confidence on log medians of the held-out images) equals image_alpha / number of the model's image criteria",
         "held_out_fraction_flagged": float(np.mean(s > 1)),
-        "held_out_image_median_scores": [float(v) for v in medians.to_numpy()],
     }
     return ref
 
@@ -439,6 +548,8 @@ def load_domain_reference(folder: str | Path) -> DomainReference | None:
             raise MechanoscopeError(f"{p / 'domain.json'}: domain reference version {version} was written by a newer mechanoscope (this one reads up to {DOMAIN_VERSION}); upgrade mechanoscope or retrain the model with this version")
         t = load_file(str(p / "domain.safetensors"))
         image_ref = ImageDomainReference.from_dict(meta["image_level"]) if meta.get("image_level") else None
+        if image_ref is not None and version < 3:
+            image_ref.alpha = 0.05  # version 2 stored a 3 % threshold; its leave-one-out scores give the p-value
         ref = DomainReference(
             means={s: t[f"{s}.mean"] for s in SPACES},
             precisions={s: t[f"{s}.precision"] for s in SPACES},
@@ -446,146 +557,26 @@ def load_domain_reference(folder: str | Path) -> DomainReference | None:
             cell_threshold=float(meta["cell_threshold"]),
             image_threshold=float(meta["image_threshold"]),
             channels=list(meta["channels"]),
-            info={k: v for k, v in meta.items() if k not in ("component_scale", "cell_threshold", "image_threshold", "channels", "image_level", "domain_version")},
+            info={k: v for k, v in meta.items() if k not in ("component_scale", "cell_threshold", "image_threshold", "channels", "image_level", "domain_version",
+                                                               "held_out_image_median_scores", "image_alpha", "image_confidence")},
             image_reference=image_ref,
             version=version,
+            image_medians=np.asarray(meta.get("held_out_image_median_scores") or [], dtype=float),
+            image_alpha=float(meta["image_alpha"]) if version >= 3 else 0.05,
+            image_confidence=meta.get("image_confidence") if version >= 3 else 0.9,
         )
+        if version < 3 and len(ref.image_medians):
+            ref.image_threshold = image_median_threshold(ref.image_medians, ref.image_alpha / ref.n_image_criteria, ref.image_confidence)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise MechanoscopeError(f"{p}: domain.json / domain.safetensors could not be read ({exc}); copy the model folder again or retrain") from exc
-    if version < DOMAIN_VERSION:
+    if version == 1:
         warnings.warn(f"{p / 'domain.json'}: domain reference version {version}, from before the image-level checks (pixel size, native image statistics); "
                       "only the crop-level domain check runs for this model — retrain it to get the image-level checks", OldDomainReferenceWarning, stacklevel=2)
+    elif version < DOMAIN_VERSION:
+        warnings.warn(f"{p / 'domain.json'}: domain reference version {version}: its image medians were calibrated on the labelled cells only, so images may be flagged "
+                      "more often than the nominal 5 % — retrain the model with this version for a calibrated image-level check", OldDomainReferenceWarning, stacklevel=2)
     return ref
 
 
-# --------------------------------------------------------------------------- columns
-def judge_images(reference: DomainReference | None, table: pd.DataFrame, local_background: np.ndarray | None = None,
-                 background_noise: np.ndarray | None = None) -> pd.DataFrame | None:
-    """Image-level verdict (:meth:`ImageDomainReference.judge`) per ``image_id`` of ``table``, or None without an image-level reference."""
-    if reference is None or reference.image_reference is None or not len(table):
-        return None
-    from mechanoscope.learn.domain_image import image_statistics
-
-    return reference.image_reference.judge(image_statistics(table, local_background, background_noise))
-
-
-def domain_columns(reference: DomainReference | None, scores: np.ndarray | None, table: pd.DataFrame, target: str, *, where: str = "model",
-                   image_judgement: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Domain columns of one model's predictions, row-aligned with ``table``.
-
-    ``pred_domain_score_<target>`` (> 1: out of domain), ``pred_in_domain_<target>``,
-    ``pred_image_in_domain_<target>`` (the median score of the cell's image is below
-    the image threshold and, with ``image_judgement`` (:func:`judge_images`), the
-    image's pixel size and native statistics lie within the training images'),
-    ``pred_image_domain_reason_<target>`` (why the image is out of domain; empty when
-    in), ``pred_image_domain_score_<target>`` (the largest of the image's criteria,
-    each in units of its threshold: > 1 out of domain); then ``pred_in_domain``, ``pred_image_in_domain`` (every model of the table,
-    this one included, says so) and ``pred_image_domain_reason`` (the reasons of all
-    models). Without a reference a :class:`NoDomainReferenceWarning` is issued and only
-    the combined columns of other models are carried.
-    """
-    out = pd.DataFrame(index=table.index)
-    if reference is None or scores is None:
-        warnings.warn(f"{where}: the model folder has no applicability-domain reference (a features baseline, a CNN trained before mechanoscope had one, or one trained without held-out images); no domain check was possible for its predictions — retrain a CNN with validation/calibration images to get one", NoDomainReferenceWarning, stacklevel=3)
-    else:
-        s = np.asarray(scores, dtype=float)
-        out[f"pred_domain_score_{target}"] = s
-        out[f"pred_in_domain_{target}"] = s <= 1.0
-        groups = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(len(table), dtype=str)
-        med = pd.Series(s, index=table.index).groupby(groups).transform("median").to_numpy()
-        thr = float(reference.image_threshold)
-        reason = np.where(med > thr, np.char.mod(f"median crop domain score %.2f above the threshold {thr:.2f} (the cells look unlike the training cells)", med), "")
-        reason = reason.astype(object)
-        img_score = med / thr
-        if image_judgement is not None and len(image_judgement):
-            j = image_judgement.reindex(groups)
-            jr = j["reason"].fillna("").to_numpy(dtype=object)
-            reason = np.array(["; ".join(r for r in pair if r) for pair in zip(reason, jr)], dtype=object)
-            factor = float(reference.image_reference.pixel_size_factor)
-            px_score = np.abs(np.log(j["pixel_size_ratio"].to_numpy(float))) / np.log(factor) if factor > 1 else np.zeros(len(j))
-            img_score = np.fmax(img_score, np.fmax(j["image_stats_score"].to_numpy(float), px_score))
-        out[f"pred_image_domain_score_{target}"] = img_score
-        out[f"pred_image_in_domain_{target}"] = reason == ""
-        out[f"pred_image_domain_reason_{target}"] = reason
-    both = pd.concat([table.drop(columns=[c for c in out.columns if c in table.columns]), out], axis=1)
-    for name, prefix in (("pred_in_domain", "pred_in_domain_"), ("pred_image_in_domain", "pred_image_in_domain_")):
-        cols = [c for c in both.columns if str(c).startswith(prefix)]
-        if cols:
-            out[name] = both[cols].astype(bool).all(axis=1).to_numpy()
-    rcols = [c for c in both.columns if str(c).startswith("pred_image_domain_reason_")]
-    if rcols:
-        out["pred_image_domain_reason"] = [
-            "; ".join(dict.fromkeys(part for r in row if isinstance(r, str) for part in r.split("; ") if part))
-            for row in both[rcols].itertuples(index=False)
-        ]
-    return out
-
-
-def domain_summary(table: pd.DataFrame, models: list | None = None) -> dict:
-    """Per model and per image: how many cells and images lie outside the training domain.
-
-    Parameters
-    ----------
-    table : the cell table with ``pred_domain_score_<target>`` columns.
-    models : the loaded models of the run (their ``target`` and whether they have a
-        reference); default: every target with domain columns in the table.
-
-    Returns
-    -------
-    dict with ``models`` (per target: ``checked``, ``n_cells``, ``n_cells_out``,
-    ``fraction_cells_out``, ``n_images``, ``images_out`` (ids), ``median_score``),
-    ``images`` (per image: cells, fraction of cells out, in domain for all models,
-    ``reason``), ``intervals`` (how many cells have ``pred_interval_calibrated`` false;
-    None without a regression model) and ``note``: plain sentences for the CLI's last
-    lines and the report.
-    """
-    targets: list[tuple[str, bool]] = []
-    if models is not None:
-        for m in models:
-            t = m.config["target"]
-            targets.append((t, getattr(m, "domain", None) is not None and f"pred_domain_score_{t}" in table.columns))
-    else:
-        targets = [(str(c)[len("pred_domain_score_"):], True) for c in table.columns if str(c).startswith("pred_domain_score_")]
-    per_model: dict = {}
-    notes: list[str] = []
-    for t, checked in targets:
-        if not checked:
-            per_model[t] = {"checked": False, "note": f"model {t}: no applicability-domain reference in its folder, so no domain check was possible"}
-            notes.append(per_model[t]["note"])
-            continue
-        s = table[f"pred_domain_score_{t}"].to_numpy(dtype=float)
-        img_ok = table.groupby("image_id")[f"pred_image_in_domain_{t}"].first() if len(table) else pd.Series(dtype=bool)
-        out_imgs = sorted(map(str, img_ok.index[~img_ok.astype(bool)]))
-        rc = f"pred_image_domain_reason_{t}"
-        why = table.groupby("image_id")[rc].first() if rc in table.columns and len(table) else pd.Series(dtype=object)
-        per_model[t] = {
-            "checked": True,
-            "n_cells": int(len(s)),
-            "n_cells_out": int((s > 1).sum()),
-            "fraction_cells_out": float(np.mean(s > 1)) if len(s) else None,
-            "median_score": float(np.median(s)) if len(s) else None,
-            "n_images": int(len(img_ok)),
-            "n_images_out": len(out_imgs),
-            "images_out": out_imgs,
-            "reasons": {i: str(why.get(i, "")) for i in out_imgs} if len(why) else {},
-        }
-        if out_imgs:
-            first = per_model[t]["reasons"].get(out_imgs[0]) if per_model[t]["reasons"] else None
-            notes.append(f"model {t}: {len(out_imgs)} of {len(img_ok)} images look unlike its training images; predictions there are extrapolations and their intervals are not calibrated"
-                         + (f" (e.g. {out_imgs[0]}: {first})" if first else ""))
-    images: list[dict] = []
-    if len(table) and "pred_in_domain" in table.columns:
-        for image_id, grp in table.groupby("image_id", sort=True):
-            images.append({"image_id": str(image_id), "n_cells": int(len(grp)), "fraction_cells_out": float(1 - grp["pred_in_domain"].astype(bool).mean()),
-                           "in_domain": bool(grp["pred_image_in_domain"].astype(bool).all()) if "pred_image_in_domain" in grp else None,
-                           "reason": str(grp["pred_image_domain_reason"].iloc[0]) if "pred_image_domain_reason" in grp else ""})
-    intervals = None
-    if len(table) and "pred_interval_calibrated" in table.columns:
-        ok = table["pred_interval_calibrated"].astype(bool)
-        intervals = {"n_cells": int(len(ok)), "n_not_calibrated": int((~ok).sum()),
-                     "meaning": "pred_interval_calibrated is false where the cell or its image lies outside the regression model's training domain (or no domain check was possible): the interval columns are kept, but their nominal coverage is not claimed there"}
-        if (~ok).any():
-            notes.append(f"{int((~ok).sum())} of {len(ok)} cells have intervals marked not calibrated (pred_interval_calibrated false) because they or their image lie outside the training domain")
-    if not notes and any(v.get("checked") for v in per_model.values()):
-        notes.append("every image lies within the training domain of the models")
-    return {"models": per_model, "images": images, "intervals": intervals, "note": "; ".join(notes) if notes else "no model to check"}
+# the verdict columns and summaries live in domain_verdict (split for size); re-exported here
+from mechanoscope.learn.domain_verdict import domain_columns, domain_summary, holm_reject, judge_images  # noqa: E402

@@ -31,18 +31,21 @@ the native image, before resampling:
 
 Each statistic is turned into a robust z-score against the training experiment's
 images (median and 1.4826 × MAD over them) and an image's score is its largest
-|z|. The threshold is calibrated by **leave-one-image-out** over every non-test image
-of the training experiment (training, validation and calibration images: these
-statistics do not involve the network, so images it learnt from are fair evidence):
-each image is scored against the others and the threshold is the split-conformal
-quantile of those scores, the ⌈(n + 1)(1 − α)⌉-th smallest of n, so that an image
-acquired like the training images is flagged with probability at most α (default
-0.03, leaving room for the crop-level image flag). With fewer than ⌈1/α⌉ − 1 images
-that rank does not exist: the largest score is used and ``domain.json`` says the
-level is not guaranteed.
+|z|. That score is calibrated by **leave-one-image-out** over every image of the
+training experiment (these statistics do not involve the network, so images it learnt
+from are fair evidence):
+each image is scored against the others, and a new image's **conformal p-value** is
+(1 + #{leave-one-out scores ≥ its score}) / (n + 1), which is uniform (super-uniform
+with ties) for an image acquired like the reference images, so that a test at level
+α flags such an image with probability at most α whatever the distribution of the
+statistics. The smallest p-value n reference images can give is 1 / (n + 1): with
+fewer than 1/α − 1 images this criterion cannot reach level α and ``domain.json``
+says so (``level_reachable``). A pixel size outside the allowed range is not a
+random event: it gives p = 0. :func:`mechanoscope.learn.domain.domain_columns`
+combines this p-value with the crop-level criterion of each model (Bonferroni/Holm).
 
 Every flagged image gets a reason: the pixel-size ratio and/or the statistics whose
-|z| passed the threshold, with the image's value and the training range.
+|z| passed the level-α threshold, with the image's value and the training range.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["IMAGE_STAT_NAMES", "ImageDomainReference", "image_statistics", "fit_image_reference", "conformal_rank_threshold"]
+__all__ = ["IMAGE_STAT_NAMES", "ImageDomainReference", "image_statistics", "fit_image_reference", "conformal_rank_threshold", "conformal_p_values"]
 
 IMAGE_STAT_NAMES = (
     "noise_rel",
@@ -152,13 +155,27 @@ def conformal_rank_threshold(scores: np.ndarray, alpha: float) -> tuple[float, b
     return (float(s[k - 1]), True) if k <= len(s) else (float(s[-1]), False)
 
 
-def _robust(v: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def conformal_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values of ``scores`` against ``calibration`` scores (larger = more unusual).
+
+    ``p = (1 + #{calibration ≥ score}) / (n + 1)``: for a score exchangeable with the n
+    calibration scores, ``P(p ≤ α) ≤ α`` for every α (finite-sample, distribution-free).
+    NaN scores give p = 1 (nothing measured, nothing judged).
+    """
+    cal = np.sort(np.asarray(calibration, dtype=float)[np.isfinite(calibration)])
+    s = np.asarray(scores, dtype=float)
+    n_ge = len(cal) - np.searchsorted(cal, s, side="left")
+    p = (1.0 + n_ge) / (len(cal) + 1.0)
+    return np.where(np.isfinite(s), p, 1.0)
+
+
+def _robust(v: np.ndarray, floor: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     import warnings
 
     with warnings.catch_warnings():  # a statistic not measured on any image (all NaN) stays NaN: not judged
         warnings.simplefilter("ignore", RuntimeWarning)
-        centre = np.nanmedian(v, axis=0)
-        scale = 1.4826 * np.nanmedian(np.abs(v - centre), axis=0)
+        centre = np.nanmedian(v, axis=axis)
+        scale = 1.4826 * np.nanmedian(np.abs(v - np.expand_dims(centre, axis)), axis=axis)
     return centre, np.maximum(np.where(np.isfinite(scale), scale, 0.0), floor)
 
 
@@ -172,8 +189,11 @@ class ImageDomainReference:
     pixel_size_factor : images outside ``[min / factor, max × factor]`` are out of domain.
     centre, scale : per statistic, robust centre and scale over the reference images.
     low, high : per statistic, the reference images' range (for the reasons).
-    threshold : largest |z| an in-domain image may have (leave-one-out conformal).
+    threshold : the largest |z| not flagged at level ``alpha`` on its own (leave-one-out
+        conformal rank; used to name the statistics in a reason).
     info : what it was calibrated on (written to ``domain.json``).
+    loo_scores : the reference images' leave-one-out scores (the conformal calibration set).
+    alpha : level of this criterion on its own (``judge``'s ``in_domain``).
     """
 
     pixel_size_range_um: tuple[float, float]
@@ -184,6 +204,8 @@ class ImageDomainReference:
     high: dict[str, float]
     threshold: float
     info: dict = field(default_factory=dict)
+    loo_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    alpha: float = 0.05
 
     def z_scores(self, stats: pd.DataFrame) -> pd.DataFrame:
         """Robust z-score of every statistic of every image (NaN where not measured)."""
@@ -195,30 +217,39 @@ class ImageDomainReference:
         return z
 
     def judge(self, stats: pd.DataFrame) -> pd.DataFrame:
-        """Per image: ``image_stats_score`` (largest |z| / threshold; > 1 out),
-        ``pixel_size_ratio`` (to the nearest end of the training range; 1 inside it),
-        ``in_domain`` and ``reason`` (empty when in domain)."""
+        """Per image: ``image_stats_score`` (largest |z| / threshold), ``p_value``
+        (conformal p-value of the largest |z|; 0 when the pixel size lies outside the
+        allowed range), ``pixel_size_ratio`` (to the nearest end of the training range;
+        1 inside it), ``in_domain`` (this criterion alone at level ``alpha``) and
+        ``reason`` (why ``p_value`` is small; empty when ``p_value > alpha``: the
+        statistics whose |z| passed the level-``alpha`` threshold, or the largest one)."""
         z = self.z_scores(stats)
-        absz = z.abs()
-        score = absz.max(axis=1, skipna=True).fillna(0.0) / self.threshold
+        top = z.abs().max(axis=1, skipna=True)
+        score = top.fillna(0.0) / self.threshold
+        p = conformal_p_values(self.loo_scores, top.to_numpy(float))
         lo_px, hi_px = self.pixel_size_range_um
         px = stats["pixel_size_um"].to_numpy(float) if "pixel_size_um" in stats.columns else np.full(len(stats), np.nan)
         ratio = np.where(px > hi_px, px / hi_px, np.where(px < lo_px, px / lo_px, 1.0))
         ratio = np.where(np.isfinite(px), ratio, np.nan)
+        px_out = np.isfinite(ratio) & ((ratio > self.pixel_size_factor) | (ratio < 1 / self.pixel_size_factor))
+        za = z[list(IMAGE_STAT_NAMES)].to_numpy(float)
+        va = np.column_stack([stats[s].to_numpy(float) if s in stats.columns else np.full(len(stats), np.nan) for s in IMAGE_STAT_NAMES])
         reasons = []
-        for i, image_id in enumerate(stats.index):
+        for i in range(len(stats)):
             why = []
-            r = ratio[i]
-            if np.isfinite(r) and (r > self.pixel_size_factor or r < 1 / self.pixel_size_factor):
-                why.append(f"pixel size {px[i]:.3g} µm is {r:.2f}× the nearest end of the training range {lo_px:.3g}–{hi_px:.3g} µm (allowed factor {self.pixel_size_factor:g})")
-            for s in IMAGE_STAT_NAMES:
-                zi = absz.iloc[i][s]
-                if np.isfinite(zi) and zi > self.threshold:
-                    side = "higher" if z.iloc[i][s] > 0 else "lower"
-                    why.append(f"{_PLAIN[s]} {side} than in training ({s} = {stats.iloc[i][s]:.3g}, training {self.low[s]:.3g}–{self.high[s]:.3g})")
+            if px_out[i]:
+                why.append(f"pixel size {px[i]:.3g} µm is {ratio[i]:.2f}× the nearest end of the training range {lo_px:.3g}–{hi_px:.3g} µm (allowed factor {self.pixel_size_factor:g})")
+            if p[i] <= self.alpha:
+                a = np.abs(za[i])
+                named = [k for k in range(len(IMAGE_STAT_NAMES)) if np.isfinite(a[k]) and a[k] > self.threshold] or [int(np.nanargmax(a))]
+                for k in named:
+                    s = IMAGE_STAT_NAMES[k]
+                    side = "higher" if za[i, k] > 0 else "lower"
+                    why.append(f"{_PLAIN[s]} {side} than in training ({s} = {va[i, k]:.3g}, training {self.low[s]:.3g}–{self.high[s]:.3g}, image statistics p = {p[i]:.2g})")
             reasons.append("; ".join(why))
-        out = pd.DataFrame({"image_stats_score": score.to_numpy(float), "pixel_size_ratio": ratio, "reason": reasons}, index=stats.index)
-        out["in_domain"] = out["reason"] == ""
+        p = np.where(px_out, 0.0, p)
+        out = pd.DataFrame({"image_stats_score": score.to_numpy(float), "p_value": p, "pixel_size_ratio": ratio, "reason": reasons}, index=stats.index)
+        out["in_domain"] = p > self.alpha
         return out
 
     def to_dict(self) -> dict:
@@ -232,38 +263,41 @@ class ImageDomainReference:
             "low": self.low,
             "high": self.high,
             "threshold": self.threshold,
+            "alpha": self.alpha,
             **self.info,
+            "leave_one_out_scores": [float(x) for x in self.loo_scores],
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageDomainReference":
         """Inverse of :meth:`to_dict` (raises KeyError/TypeError/ValueError on a bad entry)."""
-        keys = ("pixel_size_range_um", "pixel_size_factor", "statistics", "centre", "scale", "low", "high", "threshold")
+        keys = ("pixel_size_range_um", "pixel_size_factor", "statistics", "centre", "scale", "low", "high", "threshold", "alpha", "leave_one_out_scores")
         f = lambda m: {k: float(v) if v is not None else float("nan") for k, v in m.items()}  # noqa: E731
         lo, hi = (float(v) for v in d["pixel_size_range_um"])
+        loo = np.asarray(d.get("leave_one_out_scores") or [], dtype=float)
         return cls((lo, hi), float(d["pixel_size_factor"]), f(d["centre"]), f(d["scale"]), f(d["low"]), f(d["high"]), float(d["threshold"]),
-                   {k: v for k, v in d.items() if k not in keys})
+                   {k: v for k, v in d.items() if k not in keys}, loo, float(d.get("alpha", 0.05)))
 
 
-def fit_image_reference(stats: pd.DataFrame, *, alpha: float = 0.03, pixel_size_factor: float = 1.1, images: str = "training + validation + calibration") -> ImageDomainReference | None:
+def fit_image_reference(stats: pd.DataFrame, *, alpha: float = 0.05, pixel_size_factor: float = 1.1, images: str = "training + validation + calibration + test") -> ImageDomainReference | None:
     """Fit the image-level reference on the training experiment's images (:func:`image_statistics`).
 
-    The threshold is the leave-one-image-out conformal quantile at level ``1 − alpha``
-    (:func:`conformal_rank_threshold`). Returns None when fewer than 3 images have a
-    pixel size (nothing to describe).
+    The calibration set is the leave-one-image-out scores; ``alpha`` is this
+    criterion's level on its own (its threshold names the statistics in a reason).
+    Returns None when fewer than 3 images have a pixel size (nothing to describe).
     """
     stats = stats[np.isfinite(stats["pixel_size_um"].to_numpy(float))]
     if len(stats) < 3:
         return None
     v = np.column_stack([stats[s].to_numpy(float) for s in IMAGE_STAT_NAMES])
     floor = np.full(v.shape[1], 1e-3)
-    loo = np.zeros(len(v))
-    for i in range(len(v)):
-        rest = np.delete(v, i, axis=0)
-        c, sc = _robust(rest, floor)
-        zi = np.abs(v[i] - c) / sc
-        loo[i] = np.max(zi[np.isfinite(zi)]) if np.isfinite(zi).any() else 0.0
-    threshold, guaranteed = conformal_rank_threshold(loo, alpha)
+    # leave-one-image-out: image i against the robust centre and scale of the others (all at once)
+    n = len(v)
+    rest = v[np.array([np.delete(np.arange(n), i) for i in range(n)])]  # (n, n - 1, S)
+    c, sc = _robust(rest, floor, axis=1)
+    zi = np.abs(v - c) / sc
+    loo = np.where(np.isfinite(zi).any(1), np.nanmax(np.where(np.isfinite(zi), zi, -np.inf), axis=1), 0.0)
+    threshold, reachable = conformal_rank_threshold(loo, alpha)
     c, sc = _robust(v, floor)
     px = stats["pixel_size_um"].to_numpy(float)
     fin = lambda a: float(a) if np.isfinite(a) else None  # noqa: E731
@@ -272,19 +306,19 @@ def fit_image_reference(stats: pd.DataFrame, *, alpha: float = 0.03, pixel_size_
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanmin(v, axis=0), np.nanmax(v, axis=0)
-    ref = ImageDomainReference(
+    return ImageDomainReference(
         (float(px.min()), float(px.max())), float(pixel_size_factor),
         {s: fin(c[k]) for k, s in enumerate(IMAGE_STAT_NAMES)}, {s: fin(sc[k]) for k, s in enumerate(IMAGE_STAT_NAMES)},
         {s: fin(low[k]) for k, s in enumerate(IMAGE_STAT_NAMES)}, {s: fin(high[k]) for k, s in enumerate(IMAGE_STAT_NAMES)},
         float(max(threshold, 1e-6)),
         {
-            "method": "robust z-score (median, 1.4826 MAD over the reference images) per native-image statistic; image score = largest |z|; threshold = leave-one-image-out split-conformal quantile",
+            "method": "robust z-score (median, 1.4826 MAD over the reference images) per native-image statistic; image score = largest |z|; "
+                      "p-value = conformal rank among the leave-one-image-out scores, (1 + #{loo >= score}) / (n + 1); pixel size outside the range: p = 0",
             "n_reference_images": int(len(v)),
             "reference_images": images,
-            "alpha": alpha,
-            "level_guaranteed": guaranteed,
-            "note": None if guaranteed else f"only {len(v)} reference images: fewer than the {math.ceil(1 / alpha) - 1} needed for the conformal rank at alpha={alpha}; the largest leave-one-out score is the threshold",
-            "leave_one_out_scores": [float(x) for x in loo],
+            "smallest_p_value": 1.0 / (len(v) + 1),
+            "level_reachable": reachable,
+            "note": None if reachable else f"only {len(v)} reference images: the smallest conformal p-value is 1/{len(v) + 1}, above alpha={alpha}; the native image statistics alone cannot flag an image at that level (pixel size still can)",
         },
+        loo, float(alpha),
     )
-    return ref

@@ -192,8 +192,11 @@ def predict_cells(
     Applicability domain (CNN models with a reference, :mod:`mechanoscope.learn.domain`):
     ``pred_domain_score_<target>`` (> 1: unlike the training cells),
     ``pred_in_domain_<target>``, ``pred_image_in_domain_<target>``,
-    ``pred_image_domain_reason_<target>`` and the combined ``pred_in_domain`` /
-    ``pred_image_in_domain`` / ``pred_image_domain_reason``. Regression adds
+    ``pred_image_domain_reason_<target>``, the image-level p-values
+    ``pred_image_domain_p_crop_<target>`` / ``pred_image_domain_p_image_<target>``
+    and the run's ``pred_in_domain`` / ``pred_image_domain_p`` /
+    ``pred_image_in_domain`` / ``pred_image_domain_reason`` (Holm over every model's
+    image tests, :func:`mechanoscope.learn.domain.domain_columns`). Regression adds
     ``pred_interval_calibrated``: true only where the cell and its image lie inside the
     model's domain (false, too, when no domain check was possible); the interval
     columns are kept for every cell.

@@ -238,10 +238,11 @@ def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_row
     """``domain.json`` + ``domain.safetensors`` (:mod:`mechanoscope.learn.domain`), or {} with a warning.
 
     Crop level: reference = the cells the weights learnt from; calibration = the
-    held-out cells the weights never saw (validation + calibration images; calibration
-    only after a refit). Image level (:mod:`mechanoscope.learn.domain_image`, no
-    network involved): every cell of every image that is not a test image, calibrated
-    leave-one-image-out.
+    held-out cells the weights never saw (validation + calibration + test images;
+    calibration + test after a refit: the domain thresholds do not touch the test
+    metrics); the images' median scores over every cell of those images. Image level
+    (:mod:`mechanoscope.learn.domain_image`, no network involved): every cell of every
+    image, calibrated leave-one-image-out.
     """
     import warnings
 
@@ -250,20 +251,25 @@ def _domain_reference_files(net, x_all: np.ndarray, channels: list[str], fit_row
     from mechanoscope.learn.domain import crop_statistics, fit_domain_reference, penultimate_features
     from mechanoscope.learn.domain_image import fit_image_reference, image_statistics
 
-    held = masks["calibration"] if refit else np.concatenate([masks["val"], masks["calibration"]])
+    # every cell the weights never learnt from (the test cells too: the domain thresholds do not touch the test metrics)
+    held = np.concatenate([masks["calibration"], masks["test"]]) if refit else np.concatenate([masks["val"], masks["calibration"], masks["test"]])
     image_ref = None
     if "image_id" in table.columns:
         ids = table["image_id"].astype(str)
-        test_images = set(ids.iloc[masks["test"]])
-        ref_images = set(ids.iloc[np.concatenate([masks[k] for k in ("train", "val", "calibration")])]) - test_images
+        ref_images = set(ids.iloc[np.concatenate([masks[k] for k in ("train", "val", "calibration", "test")])])
         rows = np.flatnonzero(ids.isin(ref_images).to_numpy())
         image_ref = fit_image_reference(image_statistics(table.iloc[rows], crop_background(raw_crops[rows]) if len(rows) else None,
-                                                         crop_statistics(x_all[rows], channels)[:, 0] * contrast_scale if len(rows) else None))
+                                                         crop_statistics(x_all[rows], channels)[:, 0] * contrast_scale if len(rows) else None),
+                                        images="training + validation + calibration + test")
+    # the images' median scores are calibrated on EVERY cell of the held-out images (unlabelled and QC-failing ones too), as prediction scores a new image
+    img_ids = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.asarray(sub_groups).astype(str)
+    img_rows = np.flatnonzero(np.isin(img_ids, np.unique(img_ids[held])))
     try:
         ref = fit_domain_reference(
             penultimate_features(net, x_all[fit_rows]), crop_statistics(x_all[fit_rows], channels),
             penultimate_features(net, x_all[held]), crop_statistics(x_all[held], channels), sub_groups[held],
-            channels=channels, held_out_splits="calibration" if refit else "val + calibration", image_reference=image_ref)
+            channels=channels, held_out_splits="calibration + test" if refit else "val + calibration + test", image_reference=image_ref,
+            image_cells=(penultimate_features(net, x_all[img_rows]), crop_statistics(x_all[img_rows], channels), img_ids[img_rows]))
     except MechanoscopeError as exc:
         warnings.warn(f"no applicability-domain reference written: {exc}; predictions of this model will carry no domain check", MechanoscopeWarning, stacklevel=3)
         return {}

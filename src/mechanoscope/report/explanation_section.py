@@ -101,6 +101,10 @@ def domain_sentences(domain: Mapping[str, Any]) -> list[str]:
             shown = ", ".join(m["images_out"][:8]) + (" …" if len(m["images_out"]) > 8 else "")
             s += f" ({shown}): their predictions are extrapolations and their intervals are not calibrated"
         out.append(s + ".")
+    run = domain.get("run") or {}
+    if run.get("n_images") and len(domain.get("models") or {}) > 1:
+        out.append(f"Over all models, {run['n_images_out']} of {run['n_images']} images are flagged; images taken like the training images are flagged "
+                   f"at a nominal rate of at most {100 * float(run.get('image_alpha', 0.05)):.0f} % (Holm's procedure over every model's image tests).")
     iv = domain.get("intervals") or {}
     if iv.get("n_cells"):
         if iv.get("n_not_calibrated"):
