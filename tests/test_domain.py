@@ -316,10 +316,10 @@ def test_conformal_rank_and_image_p_values_hold_their_level():
     assert abs(np.mean(conditional > 0.02) - 0.10) < 0.03  # the tolerance limit: at most 1 - confidence of them
 
 
-def test_run_false_flag_rate_is_nominal_on_simulated_images():
+def test_run_false_flag_rate_is_within_nominal_on_simulated_images():
     """Two models' crop criteria (correlated) and their shared image criterion, calibrated on
-    simulated training experiments: fresh images acquired alike are flagged at about the
-    nominal 5 % by the run (Holm over three criteria), not at the sum of three levels;
+    simulated training experiments: fresh images acquired alike are flagged at no more than
+    the nominal 5 % by the run (Holm over three criteria), not at the sum of three levels;
     a controlled shift raises the image score and is flagged."""
     rng = np.random.default_rng(7)
     flagged, n_img, scores = 0, 0, {0.0: [], 0.5: [], 1.5: []}
@@ -346,7 +346,9 @@ def test_run_false_flag_rate_is_nominal_on_simulated_images():
                 flagged += int((~img["pred_image_in_domain"]).sum())
                 n_img += len(img)
     rate = flagged / n_img
-    assert 0.025 <= rate <= 0.065, rate  # nominal 5 %; the sum of the three levels would allow 15 %
+    # at most the nominal 5 % (measured 2.8 % of 1200: the crop criteria's tolerance limits are conservative and the
+    # criteria correlated), far from the 15 % the three levels OR-ed would allow, and not trivially 0
+    assert 0.01 <= rate <= 0.06, rate
     s0, s1, s2 = (np.concatenate(v) for v in scores.values())
     assert np.median(s0) < np.median(s1) < np.median(s2)
     assert np.mean(s2 > -np.log10(0.05)) > 0.95
