@@ -8,7 +8,14 @@ condition, when the run knows conditions; else all images of the run) and flags
 * ``few cells``: fewer than ``min_fraction`` × the median cell count of its group
   (groups of at least ``min_group`` images with cells);
 * ``little area``: cells cover less than ``min_fraction`` × the group's median covered
-  area fraction.
+  area fraction;
+* ``uncertain``: a learned segmenter left more than ``max_undecided_fraction`` of the
+  image's pixels undecided (foreground probability between 0.25 and 0.75;
+  :func:`~mechanoscope.segment.network.segmentation_confidence`). This catches what
+  counting misses: a dim dish where the network, unsure, draws objects over the
+  background (built-in model on simulated bright-field fields of 512 px: 0.02–0.03 of
+  the pixels imaged as in training, 0.04–0.42 at 1,000 photons/pixel, half of them
+  above the default 0.15).
 
 A group (condition) in which every image is flagged is *lost*: comparing it with the
 others would compare segmentation failures, not cells.
@@ -30,6 +37,7 @@ def segmentation_qc(
     *,
     min_fraction: float = 0.25,
     min_group: int = 3,
+    max_undecided_fraction: float = 0.15,
 ) -> dict[str, Any]:
     """Flag images whose segmentation found nothing or far fewer cells than comparable images.
 
@@ -37,7 +45,8 @@ def segmentation_qc(
     ----------
     images
         One entry per processed image with ``image_id``, ``n_cells`` and optionally
-        ``covered_fraction`` (fraction of the image's pixels inside a cell).
+        ``covered_fraction`` (fraction of the image's pixels inside a cell) and
+        ``segmentation_undecided_fraction`` (learned segmenters).
     groups
         ``image_id -> condition``; images without a group form the group ``"all"``.
     min_fraction
@@ -45,6 +54,8 @@ def segmentation_qc(
         area) is flagged.
     min_group
         Least number of images a group needs before its median is used for "few cells".
+    max_undecided_fraction
+        An image with more undecided pixels than this is flagged ``uncertain``.
 
     Returns
     -------
@@ -56,6 +67,8 @@ def segmentation_qc(
     """
     if not 0 < min_fraction < 1:
         raise ValueError(f"min_fraction must be between 0 and 1, got {min_fraction}")
+    if not 0 < max_undecided_fraction < 1:
+        raise ValueError(f"max_undecided_fraction must be between 0 and 1, got {max_undecided_fraction}")
     groups = dict(groups or {})
     by_group: dict[str, list[Mapping[str, Any]]] = {}
     for e in images:
@@ -73,12 +86,15 @@ def segmentation_qc(
         n_flagged = 0
         for e, n, a in zip(members, counts, areas):
             flags = []
+            undecided = e.get("segmentation_undecided_fraction")
             if n == 0:
                 flags.append("no cells")
             elif enough and n < min_fraction * median_cells:
                 flags.append("few cells")
             if n > 0 and median_area is not None and np.isfinite(a) and a < min_fraction * median_area:
                 flags.append("little area")
+            if undecided is not None and float(undecided) > max_undecided_fraction:
+                flags.append("uncertain")
             reason = ""
             if "no cells" in flags:
                 reason = "segmentation found no cell"
@@ -88,9 +104,13 @@ def segmentation_qc(
                     parts.append(f"{int(n)} cells where comparable images have a median of {median_cells:g}")
                 if "little area" in flags:
                     parts.append(f"cells cover {a:.1%} of the image where comparable images have {median_area:.1%}")
+                if "uncertain" in flags:
+                    parts.append(f"the segmentation network left {float(undecided):.0%} of the pixels undecided (more than "
+                                 f"{max_undecided_fraction:.0%}: images unlike its training images, e.g. too dim; check the outlines)")
                 reason = "; ".join(parts)
             n_flagged += bool(flags)
             out_images[str(e["image_id"])] = {"n_cells": int(n), "covered_fraction": None if not np.isfinite(a) else round(float(a), 5),
+                                              "undecided_fraction": None if undecided is None else float(undecided),
                                               "group": g, "flags": flags, "reason": reason}
         summary[g] = {"n_images": len(members), "n_flagged": n_flagged, "median_cells": median_cells, "lost": n_flagged == len(members)}
     flagged = [str(e["image_id"]) for e in images if out_images[str(e["image_id"])]["flags"]]
@@ -99,5 +119,6 @@ def segmentation_qc(
         "flagged": flagged,
         "groups": summary,
         "lost_groups": [g for g, s in summary.items() if s["lost"]],
-        "settings": {"min_fraction": min_fraction, "min_group": min_group, "grouped_by": "condition" if groups else None},
+        "settings": {"min_fraction": min_fraction, "min_group": min_group, "max_undecided_fraction": max_undecided_fraction,
+                     "grouped_by": "condition" if groups else None},
     }

@@ -50,6 +50,10 @@ class FieldResult:
         Pixel size of the field (µm).
     seconds
         Wall time per stage (``segment``, ``extract``, ``predict``), in seconds.
+    segmentation_confidence
+        The learned segmenter's confidence on the field (``certainty``,
+        ``undecided_fraction``; :func:`~mechanoscope.segment.network.segmentation_confidence`),
+        None for segmenters without one (the classical pipeline).
     """
 
     image_id: str
@@ -58,6 +62,7 @@ class FieldResult:
     crops: np.ndarray
     pixel_size_um: float
     seconds: dict[str, float] = field(default_factory=dict)
+    segmentation_confidence: dict[str, float] | None = None
 
 
 class FieldError(MechanoscopeError):
@@ -144,7 +149,7 @@ def process_field(
         Anything that goes wrong, with the ``stage`` and a message naming the file.
     """
     from mechanoscope.cells.extract import extract_cells
-    from mechanoscope.segment.batch import segmentation_plane
+    from mechanoscope.segment.batch import segment_with_confidence, segmentation_plane
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MechanoscopeError(f"batch size must be a whole number of at least 1 crop, got {batch_size!r} (--batch-size)")
@@ -164,7 +169,7 @@ def process_field(
         plane = segmentation_plane(field_image)
         stage = "segment"
         t = time.perf_counter()
-        labels = np.asarray(segmenter(plane, px))
+        labels, confidence = segment_with_confidence(segmenter, plane, px)
         seconds["segment"] = time.perf_counter() - t
         stage = "extract"
         t = time.perf_counter()
@@ -181,4 +186,4 @@ def process_field(
         seconds["predict"] = time.perf_counter() - t
     except Exception as exc:  # the caller records it and goes on with the next field
         raise FieldError(failure_message(exc, where), stage, exc) from exc
-    return FieldResult(image_id, labels, table, np.asarray(crops, dtype=np.float32), px, seconds)
+    return FieldResult(image_id, labels, table, np.asarray(crops, dtype=np.float32), px, seconds, confidence)

@@ -113,6 +113,22 @@ BLOCKWISE_MIN_PIXELS = 4096 * 4096
 BLOCKWISE_BLOCK_PX = 2048
 
 
+def segment_with_confidence(segmenter: Callable[[np.ndarray, float], np.ndarray], arr: np.ndarray, px: float) -> tuple[np.ndarray, dict[str, float] | None]:
+    """Labels, and the segmenter's confidence when it has one (learned models; None for the classical pipeline)."""
+    with_confidence = getattr(segmenter, "with_confidence", None)
+    if with_confidence is None:
+        return np.asarray(segmenter(arr, px)), None
+    labels, confidence = with_confidence(arr, px)
+    return np.asarray(labels), confidence
+
+
+def confidence_fields(confidence: Mapping[str, float] | None) -> dict[str, float]:
+    """The per-image run.json fields of a segmentation confidence (none when there is none)."""
+    if not confidence:
+        return {}
+    return {"segmentation_certainty": confidence["certainty"], "segmentation_undecided_fraction": confidence["undecided_fraction"]}
+
+
 def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, device: str | None = None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
     """A segmenter for ``method`` (``"classical"``, ``"builtin"`` — the model shipped with the package — or a segmentation model folder).
 
@@ -136,7 +152,7 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
         return classical, {"method": "classical"}, cfg
     from mechanoscope.io.model_folder import sha256_file
     from mechanoscope.segment.builtin_model import resolve_model_folder
-    from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model, segment_network
+    from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model
 
     model_dir = resolve_model_folder(method)
     if not model_dir.exists():
@@ -156,7 +172,28 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
         "model_weights_sha256": sha256_file(model_dir / "weights.safetensors"),
         "model_pixel_size_um": model.pixel_size_um,
     }
-    return (lambda arr, px: segment_network(arr, pixel_size_um=px, model=model, inference=cfg)), info, cfg
+    return NetworkSegmenter(model, cfg), info, cfg
+
+
+class NetworkSegmenter:
+    """``segment(plane, pixel_size_um) → labels`` with a learned model; ``with_confidence``
+    also gives the network's confidence on the plane
+    (:func:`~mechanoscope.segment.network.segmentation_confidence`), which runs record for
+    segmentation quality control."""
+
+    def __init__(self, model: Any, inference: Any) -> None:
+        self.model = model
+        self.inference = inference
+
+    def __call__(self, arr: np.ndarray, px: float) -> np.ndarray:
+        from mechanoscope.segment.network import segment_network
+
+        return segment_network(arr, pixel_size_um=px, model=self.model, inference=self.inference)
+
+    def with_confidence(self, arr: np.ndarray, px: float) -> tuple[np.ndarray, dict[str, float]]:
+        from mechanoscope.segment.network import segment_network_with_confidence
+
+        return segment_network_with_confidence(arr, pixel_size_um=px, model=self.model, inference=self.inference)
 
 
 def segment_images(
@@ -241,7 +278,7 @@ def segment_images(
                 fingerprint = file_fingerprint([path])
                 arr, px = read_plane(path, pixel_size_um=pixel_size_um, axes=axes, channel=channel, frame=frame, max_pixels=max_pixels)
                 stage = "segment"
-                labels = segment_one(arr, px)
+                labels, confidence = segment_with_confidence(segment_one, arr, px)
                 stage = "write"
                 write_label_image(target, labels, pixel_size_um=px)
             except Exception as exc:  # one image never ends the batch: record it, go on
@@ -254,7 +291,8 @@ def segment_images(
                 result.labels.append(target)
                 result.images.append(path)
                 run.mark_done(stem, files=[target], image=path, inputs=fingerprint, seconds={"total": time.perf_counter() - t0},
-                              labels=run.relative(target), n_cells=int(labels.max()), pixel_size_um=px)
+                              labels=run.relative(target), n_cells=int(labels.max()), pixel_size_um=px,
+                              covered_fraction=round(float(np.count_nonzero(labels)) / max(labels.size, 1), 6), **confidence_fields(confidence))
         if progress:
             progress(k + 1, len(stems), path.name)
     run.save(complete=True)

@@ -73,7 +73,7 @@ from mechanoscope.segment.network_prep import (
 )
 
 # the learned segmenter's public names, wherever they live (training: mechanoscope.segment.network_train)
-__all__ = ["CLASSES", "SegmentationInferenceConfig", "SegmentationTrainConfig", "SegmentationModel", "TrainProgress", "load_segmentation_model", "segment_network", "predict_probabilities", "predict_logits_tiled", "tiling_plan", "probabilities_to_labels", "segmentation_targets", "resample_image", "resample_labels", "normalize_percentile", "build_unet", "receptive_field_radius_px"]
+__all__ = ["CLASSES", "SegmentationInferenceConfig", "SegmentationTrainConfig", "SegmentationModel", "TrainProgress", "load_segmentation_model", "segment_network", "segment_network_with_confidence", "segmentation_confidence", "predict_probabilities", "predict_logits_tiled", "tiling_plan", "probabilities_to_labels", "segmentation_targets", "resample_image", "resample_labels", "normalize_percentile", "build_unet", "receptive_field_radius_px"]
 
 
 # --------------------------------------------------------------------------- model
@@ -330,6 +330,47 @@ def segment_network(
     ConfigError
         Bad pixel size or tiling settings.
     """
+    return _labels_and_maps(image, pixel_size_um, model, inference, progress)[0]
+
+
+#: A pixel whose foreground probability lies in this open interval is *undecided*.
+UNDECIDED_PROBABILITY = (0.25, 0.75)
+
+
+def segmentation_confidence(prob: np.ndarray) -> dict[str, float]:
+    """How sure the network was about one image: from its foreground probability map.
+
+    ``certainty`` is the mean of ``|2 p − 1|`` over the pixels (1: every pixel decided,
+    0: every pixel at 0.5); ``undecided_fraction`` the fraction of pixels with ``p`` in
+    :data:`UNDECIDED_PROBABILITY`, both on the model's pixel grid. Measured with the
+    built-in model on simulated bright-field fields of 512 px (8 each): imaged like its
+    training images, undecided 0.02–0.03; at 1,000 photons/pixel (a dim dish, where it
+    also draws objects over the background) 0.04–0.42, half of them above 0.15. Small
+    fields have more (256 px: 0.08–0.10 and 0.13–0.21). Confident mistakes (cells missed
+    under very uneven illumination: 0.01–0.02) do not show here.
+    """
+    fg = np.asarray(prob[0], dtype=np.float32)
+    lo, hi = UNDECIDED_PROBABILITY
+    return {"certainty": round(float(np.mean(np.abs(2.0 * fg - 1.0))), 4),
+            "undecided_fraction": round(float(np.mean((fg > lo) & (fg < hi))), 4)}
+
+
+def segment_network_with_confidence(
+    image: np.ndarray | Image,
+    *,
+    pixel_size_um: float,
+    model: SegmentationModel | str | os.PathLike[str],
+    inference: SegmentationInferenceConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """:func:`segment_network` and the network's confidence on the image
+    (:func:`segmentation_confidence`), from one pass."""
+    labels, prob = _labels_and_maps(image, pixel_size_um, model, inference, progress)
+    return labels, segmentation_confidence(prob)
+
+
+def _labels_and_maps(image: Any, pixel_size_um: float, model: Any, inference: Any, progress: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the input's shape and the network's maps on the model's grid."""
     m = _resolve_model(model)
     px = _check_pixel_size(pixel_size_um, "image")
     arr = _as_2d_float(image, _where(image))
@@ -342,16 +383,16 @@ def segment_network(
         min_cell_area_um2=inf.min_cell_area_um2,
     )
     if prob.shape[1:] == arr.shape:
-        return maps_to_labels(prob, pixel_size_um=px, **kw)
+        return maps_to_labels(prob, pixel_size_um=px, **kw), prob
     if px < m.pixel_size_um:
         # the input is finer than the model: extract on the input grid (smooth outlines)
-        return maps_to_labels(_resize_prob(prob, arr.shape), pixel_size_um=px, **kw)
+        return maps_to_labels(_resize_prob(prob, arr.shape), pixel_size_um=px, **kw), prob
     # the input is coarser: extract where the boundaries are resolved, then sample down
     from skimage.segmentation import relabel_sequential
 
     lab = maps_to_labels(prob, pixel_size_um=m.pixel_size_um, **kw)
     lab = resample_labels(lab, arr.shape)
     lab, _, _ = relabel_sequential(lab)
-    return lab.astype(np.int32)
+    return lab.astype(np.int32), prob
 
 
