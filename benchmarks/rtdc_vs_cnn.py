@@ -142,7 +142,7 @@ def main() -> None:
             args.figure.write_bytes(method_series_figure(out["condition_series"], title="Passage series: AFM, DC and CNN"))
             out["figure"] = str(args.figure)
     out["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":
