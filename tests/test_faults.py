@@ -140,7 +140,7 @@ def _failed(records: list[dict]) -> dict[str, dict]:
 # ------------------------------------------------------------------------------ segment
 def test_segment_run_records_bad_images_and_finishes_the_good_ones(batch, tmp_path):
     out = tmp_path / "seg"
-    proc = cli("segment", "run", batch / "images", "--out", out, "--frame", "5", limit_memory=True)
+    proc = cli("segment", "run", batch / "images", "--method", "classical", "--out", out, "--frame", "5", limit_memory=True)
     assert proc.returncode == 1, proc.stderr
     record_path = out / "run.json"
     assert last_line(proc).startswith(f"{len(BAD)} of {len(GOOD) + len(BAD)} image(s) failed")
@@ -168,12 +168,12 @@ def test_segment_exits_1_when_every_image_fails_and_a_failed_run_does_not_block_
     for i in range(2):  # no pixel size in the metadata
         tifffile.imwrite(images / f"f{i}.tif", _field(i)[0])
     out = tmp_path / "run"
-    first = cli("segment", "run", images, "--out", out)
+    first = cli("segment", "run", images, "--method", "classical", "--out", out)
     assert first.returncode == 1
     assert last_line(first).startswith("2 of 2 image(s) failed") and "run.json" in last_line(first)
     assert all(v["stage"] == "read" and "pixel size" in v["error"] for v in json.loads((out / "run.json").read_text())["stages"]["segment"]["images"].values())
     assert json.loads((out / "segment.json").read_text())["n_failed"] == 2  # the summary older readers know
-    second = cli_here("segment", "run", images, "--out", out, "--pixel-size-um", str(PX_UM))
+    second = cli_here("segment", "run", images, "--method", "classical", "--out", out, "--pixel-size-um", str(PX_UM))
     assert second.exit_code == 0, second.output
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["f0.tif", "f1.tif"]
 
@@ -233,7 +233,7 @@ def test_predict_images_records_bad_images_and_overwrite_reruns(batch, tmp_path)
     with threadpool_limits(1):  # gradient boosting's threads only slow a 2-core test run down
         model = _features_model(tmp_path)
     out = tmp_path / "pred"
-    proc = cli("predict", batch / "images", "--model", model, "--out", out)
+    proc = cli("predict", batch / "images", "--model", model, "--out", out, "--segmentation", "classical")
     assert proc.returncode == 1, proc.stderr
     info = json.loads((out / "predict.json").read_text())
     failed = _failed(info["status"])
@@ -246,7 +246,7 @@ def test_predict_images_records_bad_images_and_overwrite_reruns(batch, tmp_path)
     # other segmentation settings into the same folder: refused unless --overwrite (the
     # refusal itself is segment's, tested in test_segment_network), which predict now has
     with threadpool_limits(1):
-        redo = cli_here("predict", batch / "images", "--model", model, "--out", out, "--pixel-size-um", "0.25", "--overwrite")
+        redo = cli_here("predict", batch / "images", "--model", model, "--out", out, "--pixel-size-um", "0.25", "--overwrite", "--segmentation", "classical")
     assert redo.exit_code == 1 and json.loads((out / "predict.json").read_text())["n_failed"] == len(BAD)
     assert json.loads((out / "predict.json").read_text())["settings"]["pixel_size_um"] == 0.25
 
@@ -256,10 +256,10 @@ def test_an_output_under_a_regular_file_fails_at_once(batch, tmp_path):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file, not a folder\n")
     bad_out = blocker / "run"
-    proc = cli("segment", "run", batch / "images", "--out", bad_out)
+    proc = cli("segment", "run", batch / "images", "--method", "classical", "--out", bad_out)
     assert proc.returncode == 2, proc.stderr
     assert str(blocker) in last_line(proc) and "regular file" in last_line(proc)
-    for args in (("extract", batch / "images", batch / "labels", "--out", bad_out), ("segment", "run", batch / "images", "--out", blocker)):
+    for args in (("extract", batch / "images", batch / "labels", "--out", bad_out), ("segment", "run", batch / "images", "--method", "classical", "--out", blocker)):
         result = cli_here(*args)
         assert result.exit_code == 2 and str(blocker) in result.output and "file" in result.output
     assert blocker.read_text() == "a file, not a folder\n"
@@ -320,7 +320,7 @@ _PLANT = textwrap.dedent("""
 
 def test_an_unexpected_error_in_one_image_is_recorded_and_the_batch_goes_on(batch, tmp_path):
     out = tmp_path / "seg"
-    proc = cli("segment", "run", batch / "images", "--out", out, code=_PLANT.format(when="len(calls) == 1"))
+    proc = cli("segment", "run", batch / "images", "--method", "classical", "--out", out, code=_PLANT.format(when="len(calls) == 1"))
     assert proc.returncode == 1
     record = json.loads((out / "run.json").read_text())["stages"]["segment"]
     first = record["images"]["bigid"]  # images run in name order
@@ -381,6 +381,6 @@ def test_an_unexpected_error_inside_a_verb_is_one_line_with_exit_code_3(tmp_path
         from mechanoscope.cli.main import main
         main(sys.argv[1:])
     """)
-    proc = cli("segment", "run", images, "--out", tmp_path / "run", code=code)
+    proc = cli("segment", "run", images, "--method", "classical", "--out", tmp_path / "run", code=code)
     assert proc.returncode == 3, proc.stderr
     assert last_line(proc).startswith("error: AttributeError: planted bug in write_json") and "this is a bug" in last_line(proc)

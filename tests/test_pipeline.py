@@ -23,7 +23,7 @@ def test_chain_on_simulated_images(tmp_path):
     seg = segment_images(sim / "images", run)
     assert len(seg.labels) == 16 and not seg.errors and seg.n_done == 16
     record = json.loads((run / "segment.json").read_text())
-    assert record["settings"]["method"] == "classical" and all(v["status"] == "done" for v in record["images"].values())
+    assert record["settings"]["method"] == "builtin" and all(v["status"] == "done" for v in record["images"].values())  # the default
     again = segment_images(sim / "images", run)  # re-running resumes: nothing redone
     assert again.n_done == 0 and again.n_skipped == 16
     extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 64.0, "crop_pixels": 32}))
@@ -106,6 +106,6 @@ def test_segment_images_skips_a_bad_file_and_names_labels_by_stem(tmp_path):
     record = json.loads((tmp_path / "run" / "segment.json").read_text())
     assert record["images"]["b"]["status"] == "failed" and record["images"]["a.ome"]["status"] == "done"
     with pytest.raises(OutputFolderError, match="different settings"):
-        segment_images(src, tmp_path / "run", settings={"cell_diameter_um": 15.0})
+        segment_images(src, tmp_path / "run", settings={"min_cell_area_um2": 100.0})
     with pytest.raises(ConfigError, match="unknown parameter"):
         segment_images(src, tmp_path / "other", settings={"no_such_setting": 1})

@@ -52,3 +52,24 @@ def test_builtin_is_less_sure_of_a_dim_field_and_process_field_carries_it():
     classical, _, _ = build_segmenter("classical")
     res = process_field(Image(f.image, axes="YX", pixel_size_um=cfg.optics.pixel_size_um), segmenter=classical, image_id="f")
     assert res.segmentation_confidence is None
+
+
+def test_an_empty_noise_only_field_gets_no_cells_from_the_learned_segmenter():
+    from mechanoscope.errors import MechanoscopeWarning
+    from mechanoscope.segment.batch import build_segmenter
+    from mechanoscope.segment.network_prep import structure_to_noise_ratio
+    from mechanoscope.simulate import AdherentConfig
+    from mechanoscope.simulate.adherent import simulate_field
+
+    rng = np.random.default_rng(0)
+    flat = rng.normal(1000, 5, (128, 128)).clip(0).astype(np.uint16)
+    assert 0.8 < structure_to_noise_ratio(flat) < 1.25 and 0.8 < structure_to_noise_ratio(rng.poisson(500, (128, 128))) < 1.25
+    dim = simulate_field(AdherentConfig(image_shape_px=(128, 128), n_images=2, camera={"photons_per_pixel": 300.0}), 7100, population="soft")
+    assert structure_to_noise_ratio(dim.image) > 8  # cells in a very dim field still stand out of the noise
+    assert structure_to_noise_ratio(np.repeat(np.arange(64), 64).reshape(64, 64)) == float("inf")  # no noise to measure
+    segment, _, _ = build_segmenter("builtin", device="cpu")
+    with pytest.warns(MechanoscopeWarning, match="no structure beyond camera noise"):
+        labels, conf = segment.with_confidence(flat, 0.65)
+    assert labels.shape == flat.shape and labels.max() == 0 and conf["undecided_fraction"] == 0.0
+    off, _, _ = build_segmenter("builtin", {"min_structure_ratio": 0}, device="cpu")
+    assert off(flat, 0.65).max() > 0  # without the check the network draws objects into stretched noise

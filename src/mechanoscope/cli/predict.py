@@ -17,7 +17,7 @@ def predict(
     source: Path = typer.Argument(..., help="Images (file or folder) or a run folder with cells.parquet + crops.zarr."),
     model: List[Path] = typer.Option(..., "--model", "-m", help="Model folder; repeat to apply several (e.g. a classifier and a regressor)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (may be the input run folder)."),
-    segmentation: str = typer.Option("classical", help="For images: classical, or a segmentation model folder."),
+    segmentation: str = typer.Option("builtin", help="For images: builtin (the model shipped with mechanoscope), classical, or a segmentation model folder."),
     pixel_size_um: Optional[float] = typer.Option(None, help="Pixel size in µm when the images' metadata lacks it."),
     batch_size: int = typer.Option(256, min=1, help="Crops per batch."),
     overwrite: bool = typer.Option(False, help="For images: redo every image, also when --out holds results made with other segmentation, extraction or model settings."),

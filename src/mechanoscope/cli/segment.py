@@ -61,8 +61,9 @@ segment_app = typer.Typer(
 def run(
     images: Path = typer.Argument(..., help="Image file or folder of images (TIFF, OME-TIFF, PNG, OME-Zarr)."),
     method: str = typer.Option(
-        "classical", "--method", "-m",
-        help="'classical' (texture + watershed, no training) or the path of a model folder from `segment train`.",
+        "builtin", "--method", "-m",
+        help="'builtin' (the segmentation model shipped with mechanoscope; see its MODEL_CARD.md), 'classical' "
+             "(texture + watershed, no training) or the path of a model folder from `segment train`.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: labels/<name>.tif and run.json (and segment.json, a summary) are written there."),
     pixel_size_um: Optional[float] = typer.Option(

@@ -104,7 +104,7 @@ def run_demo(
     """The whole chain on simulated data, as a lab would run it.
 
     simulate soft and stiff populations (one per image, like one dish per condition)
-    → segment (classical, label-free) → extract crops + morphology → attach what the
+    → segment (built-in model, label-free) → extract crops + morphology → attach what the
     lab knows (condition of each image; AFM moduli of a subset of cells) → train a
     soft/stiff classifier and a Young's-modulus regressor (on the AFM cells only)
     sharing one split by image → predict all cells → evaluate on held-out images →
@@ -134,8 +134,8 @@ def run_demo(
     sim = simulate_adherent(config, out / "simulated", seed=seed, overwrite=True)
     t = lap("simulate", t)
     run = out / "run"
-    say("segmenting cells (classical label-free pipeline)")
-    seg_errors = segment_images(sim / "images", run, method="classical", overwrite=True, command="mechanoscope demo").errors
+    say("segmenting cells (built-in label-free segmentation model)")
+    seg_errors = segment_images(sim / "images", run, method="builtin", overwrite=True, command="mechanoscope demo").errors
     t = lap("segment", t)
     say("extracting single-cell crops (80 µm, 64 px) and morphology")
     extract_folder(sim / "images", run / "labels", run, ExtractConfig.build(crop={"crop_size_um": 80.0, "crop_pixels": 64}))

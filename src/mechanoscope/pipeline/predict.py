@@ -114,7 +114,7 @@ def predict_run(
     models: list,
     out: str | os.PathLike[str],
     *,
-    segmentation: str = "classical",
+    segmentation: str = "builtin",
     pixel_size_um: float | None = None,
     extract_config: dict | None = None,
     batch_size: int = 256,
@@ -132,7 +132,7 @@ def predict_run(
     ``source`` is a run folder (``cells.parquet`` + ``crops.zarr``) or images: then
     each image is read once and processed as one field of view
     (:func:`~mechanoscope.pipeline.field.process_field`: segmented with
-    ``segmentation``, ``"classical"`` or a segmentation model folder; extracted with
+    ``segmentation`` (default ``"builtin"``, the shipped model; ``"classical"``; or a segmentation model folder); extracted with
     the crop geometry the first CNN model expects; predicted), one image at a time
     (:func:`~mechanoscope.pipeline.field_run.run_fields`), so memory is bounded by one
     field. Writes ``out/labels/<image>.tif``, ``out/parts/predict/`` (per-image rows

@@ -45,7 +45,7 @@ class RunConfig(StrictConfig):
         ),
     )
     pixel_size_um: float | None = Field(None, gt=0, description="Pixel size in µm for every image; default: each file's metadata.")
-    segmentation: str = Field("classical", description="classical, builtin, or the folder of a segmentation model.")
+    segmentation: str = Field("builtin", description="builtin (the model shipped with mechanoscope), classical, or the folder of a segmentation model.")
     segmentation_settings: dict[str, Any] = Field(default_factory=dict, description="Settings of the segmenter (its config's fields).")
     models: list[str] = Field(..., min_length=1, description="Stiffness model folders (classifier and/or regressor).")
     extract: dict[str, Any] = Field(default_factory=dict, description="Extraction settings (ExtractConfig fields); the crop geometry comes from the first CNN model.")

@@ -200,7 +200,7 @@ def segment_images(
     images: str | os.PathLike[str] | list,
     out: str | os.PathLike[str],
     *,
-    method: str = "classical",
+    method: str = "builtin",
     settings: Mapping[str, Any] | None = None,
     pixel_size_um: float | None = None,
     axes: str | None = None,
@@ -221,7 +221,7 @@ def segment_images(
     out
         Run folder.
     method
-        ``"classical"`` or the path of a segmentation model folder.
+        ``"builtin"`` (default: the model shipped with the package), ``"classical"`` or the path of a segmentation model folder.
     settings
         Overrides of the method's config (``ClassicalSegmentationConfig`` fields, or
         ``SegmentationInferenceConfig`` fields on top of those stored with the model);

@@ -375,6 +375,24 @@ def _labels_and_maps(image: Any, pixel_size_um: float, model: Any, inference: An
     px = _check_pixel_size(pixel_size_um, "image")
     arr = _as_2d_float(image, _where(image))
     inf = inference or m.config.inference
+    if inf.min_structure_ratio > 0:
+        from mechanoscope.segment.network_prep import structure_to_noise_ratio
+
+        ratio = structure_to_noise_ratio(arr)
+        if ratio < inf.min_structure_ratio:
+            import warnings
+
+            from mechanoscope.errors import MechanoscopeWarning
+
+            warnings.warn(f"segment_network: no cells found in {_where(image)}: it shows no structure beyond camera noise "
+                          f"(structure-to-noise ratio {ratio:.2f} < min_structure_ratio={inf.min_structure_ratio}); "
+                          "an empty field? Lower min_structure_ratio if it does hold cells.", MechanoscopeWarning, stacklevel=3)
+            from mechanoscope.segment.distance_targets import _N_OUT
+
+            prob = np.zeros((_N_OUT[m.config.representation], *arr.shape), dtype=np.float32)
+            if m.config.representation == "classes3":
+                prob[0] = 1.0  # background, decided
+            return np.zeros(arr.shape, dtype=np.int32), prob
     prob = _model_grid_probabilities(arr, px, m, inf, progress)
     kw = dict(
         rep=m.config.representation,

@@ -52,6 +52,17 @@ class SegmentationInferenceConfig(BaseModel):
         ),
     )
     tile_batch: int = Field(2, ge=1, description="Tiles passed through the network at once.")
+    min_structure_ratio: float = Field(
+        3.0, ge=0,
+        description=(
+            "An image whose structure-to-noise ratio (mechanoscope.segment.network_prep."
+            "structure_to_noise_ratio: variance of the image smoothed over 2 px over what camera "
+            "noise alone leaves after that smoothing; ~1 for an empty, noise-only field, 14 for "
+            "simulated bright field at 300 photons/pixel, > 1,000 for real phase contrast) is below "
+            "this holds no cells: it gets no label instead of objects the network would draw into "
+            "stretched noise. 0 turns the check off."
+        ),
+    )
     test_time_augmentation: bool = Field(
         False,
         description=(

@@ -123,3 +123,27 @@ def segmentation_targets(labels: np.ndarray, boundary_width_px: int = 2) -> np.n
     return out
 
 
+
+
+def structure_to_noise_ratio(image: np.ndarray, smoothing_px: float = 2.0) -> float:
+    """How much more an image varies over a few pixels than its camera noise explains.
+
+    The pixel noise σ is estimated from neighbouring-pixel differences (median absolute
+    deviation, robust to edges and cells); white noise smoothed with a Gaussian of
+    ``smoothing_px`` keeps a variance of σ² / (4π·smoothing_px²). The ratio of the
+    smoothed image's variance to that is ~1 for a field of pure noise (measured 0.99
+    for Gaussian, 1.03 for Poisson noise) and grows with any structure: cells,
+    illumination (simulated bright field at 300 / 1,000 / 5,000 photons per pixel:
+    14 / 38 / 176; real Usiigaci phase contrast 2,700–5,100). ``inf`` when the noise
+    estimate is 0 (e.g. a strongly quantised image), so such images are not taken for
+    empty.
+    """
+    from scipy import ndimage as ndi
+
+    a = np.asarray(image, dtype=np.float64)
+    d = np.diff(a, axis=1).ravel()
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
+    if sigma <= 0:
+        return float("inf")
+    smooth_var = float(np.var(ndi.gaussian_filter(a, smoothing_px)))
+    return smooth_var / (sigma * sigma / (4.0 * math.pi * smoothing_px * smoothing_px))
