@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mechanoscope.cells.extract import ExtractConfig, extract_folder
+from mechanoscope.cells.extract import ExtractConfig
 from mechanoscope.learn.config import TrainConfig
 from mechanoscope.learn.data import load_run
 from mechanoscope.learn.predict import load_stiffness_model, predict_cells
@@ -76,16 +76,10 @@ SHIFTS = {
 
 
 def make_run(root: Path, config: AdherentConfig, seed: int) -> Path:
+    from mechanoscope.pipeline import true_mask_run
+
     sim = simulate_adherent(config, root / "sim", seed=seed, overwrite=True)
-    run = root / "run"
-    extract_folder(sim / "images", sim / "labels", run, ExtractConfig.build(crop={"crop_size_um": CROP_UM, "crop_pixels": 64}))
-    cells = pd.read_parquet(run / "cells.parquet")
-    truth = pd.read_parquet(sim / "cells.parquet")
-    afm = pd.read_parquet(sim / "afm.parquet").rename(columns={"truth_cell_id": "cell_id", "measured_stiffness_pa": "afm_stiffness_pa"})
-    cells = cells.merge(truth[["image_id", "cell_id", "label", "stiffness_pa"]], on=["image_id", "cell_id"], how="left")
-    cells = cells.merge(afm[["image_id", "cell_id", "afm_stiffness_pa"]], on=["image_id", "cell_id"], how="left")
-    cells.to_parquet(run / "cells.parquet", index=False)
-    return run
+    return true_mask_run(sim, root / "run", ExtractConfig.build(crop={"crop_size_um": CROP_UM, "crop_pixels": 64}))
 
 
 AFM_FRACTION = 1.0  # every whole cell AFM-measured (as benchmarks/stiffness.py): more calibration cells for the conformal intervals

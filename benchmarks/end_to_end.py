@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mechanoscope.cells.extract import ExtractConfig, extract_folder
+from mechanoscope.cells.extract import ExtractConfig
 from mechanoscope.evaluate.segmentation import match_instances
 from mechanoscope.evaluate.stiffness import classification_metrics, regression_metrics
 from mechanoscope.io import read_image, read_label_image
@@ -111,14 +111,9 @@ def experiment_seeds(seed: int) -> dict:
 
 def training_run(sim: Path, out: Path) -> Path:
     """Crops cut with the TRUE masks of a simulated experiment, with the truth and AFM values attached."""
-    extract_folder(sim / "images", sim / "labels", out, ExtractConfig.build(crop={"crop_size_um": CROP_UM, "crop_pixels": CROP_PX}))
-    cells = pd.read_parquet(out / "cells.parquet")
-    truth = pd.read_parquet(sim / "cells.parquet")
-    afm = pd.read_parquet(sim / "afm.parquet").rename(columns={"truth_cell_id": "cell_id", "measured_stiffness_pa": "afm_stiffness_pa"})
-    cells = cells.merge(truth[["image_id", "cell_id", "label", "stiffness_pa"]], on=["image_id", "cell_id"], how="left")
-    cells = cells.merge(afm[["image_id", "cell_id", "afm_stiffness_pa"]], on=["image_id", "cell_id"], how="left")
-    cells.to_parquet(out / "cells.parquet", index=False)
-    return out
+    from mechanoscope.pipeline import true_mask_run
+
+    return true_mask_run(sim, out, ExtractConfig.build(crop={"crop_size_um": CROP_UM, "crop_pixels": CROP_PX}))
 
 
 def train_models(root: Path, *, seeds: dict, n_images: int, size_px: int, epochs: int, max_train_seconds: float, threads: int, tta: bool = True) -> tuple[dict, dict]:

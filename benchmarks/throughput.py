@@ -10,8 +10,8 @@ Prints one JSON object:
   ``predict_cells`` runs (BatchNorm folded, channels-last) at 1 and all torch threads
   (with the thread count its automatic choice gives now), and onnxruntime.
 * ``latency``: one crop at a time (batch 1), p50 / p99 in ms, torch and onnxruntime.
-* ``end_to_end``: ``predict_run`` (the product's default path: classical segmentation
-  → crops → one classifier + one regressor → written cell table) over simulated
+* ``end_to_end``: ``predict_run`` (the product's default path: built-in segmentation
+  model → crops → one classifier + one regressor → written cell table) over simulated
   16-bit bright-field fields at ≥ 60 cells per megapixel; cells/s, the time to only
   read the images (I/O floor) and the ratio; with ``--profile`` the hot spots
   (cProfile, functions by own time and by cumulative time).

@@ -2,6 +2,7 @@
 
 from mechanoscope.pipeline.demo import (
     attach_simulation_truth,
+    true_mask_run,
     run_demo,
     summarise_simulation,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "FieldError",
     "FieldResult",
     "attach_simulation_truth",
+    "true_mask_run",
     "evaluate_run",
     "predict_run",
     "process_field",

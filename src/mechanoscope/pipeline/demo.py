@@ -21,7 +21,30 @@ from mechanoscope.io import read_image, read_label_image, write_json
 from mechanoscope.pipeline.predict import predict_run
 from mechanoscope.simulate import AdherentConfig, simulate_adherent
 
-__all__ = ["run_demo", "summarise_simulation", "attach_simulation_truth"]
+__all__ = ["run_demo", "summarise_simulation", "attach_simulation_truth", "true_mask_run"]
+
+
+def true_mask_run(sim_dir: str | os.PathLike[str], out: str | os.PathLike[str], extract_config: object) -> Path:
+    """A run folder of a simulated experiment's cells cut with its TRUE masks.
+
+    Crops and morphology as ``extract`` writes them (``extract_config``: an
+    :class:`~mechanoscope.cells.extract.ExtractConfig`), each cell joined by its id with
+    its true ``label`` and ``stiffness_pa`` and, where simulated, its AFM value
+    (``afm_stiffness_pa``). What benchmarks train and score on when segmentation errors
+    must be left out.
+    """
+    from mechanoscope.cells.extract import extract_folder
+
+    sim, run = Path(sim_dir), Path(out)
+    extract_folder(sim / "images", sim / "labels", run, extract_config)
+    cells = pd.read_parquet(run / "cells.parquet")
+    truth = pd.read_parquet(sim / "cells.parquet")
+    cells = cells.merge(truth[["image_id", "cell_id", "label", "stiffness_pa"]], on=["image_id", "cell_id"], how="left")
+    if (sim / "afm.parquet").exists():
+        afm = pd.read_parquet(sim / "afm.parquet").rename(columns={"truth_cell_id": "cell_id", "measured_stiffness_pa": "afm_stiffness_pa"})
+        cells = cells.merge(afm[["image_id", "cell_id", "afm_stiffness_pa"]], on=["image_id", "cell_id"], how="left")
+    cells.to_parquet(run / "cells.parquet", index=False)
+    return run
 
 
 def summarise_simulation(cells: pd.DataFrame) -> dict:
