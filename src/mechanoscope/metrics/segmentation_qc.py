@@ -13,9 +13,10 @@ condition, when the run knows conditions; else all images of the run) and flags
   image's pixels undecided (foreground probability between 0.25 and 0.75;
   :func:`~mechanoscope.segment.network.segmentation_confidence`). This catches what
   counting misses: a dim dish where the network, unsure, draws objects over the
-  background (built-in model on simulated bright-field fields of 512 px: 0.02–0.03 of
-  the pixels imaged as in training, 0.04–0.42 at 1,000 photons/pixel, half of them
-  above the default 0.15).
+  background (an earlier built-in model on simulated bright-field fields of 512 px:
+  0.02–0.03 of the pixels imaged as in training, 0.04–0.42 at 1,000 photons/pixel, half
+  of them above the default 0.15; the shipped one, trained on dim fields too, stays at
+  0.04–0.12 there and loses no dim image).
 
 A group (condition) in which every image is flagged is *lost*: comparing it with the
 others would compare segmentation failures, not cells.

@@ -344,10 +344,10 @@ def segmentation_confidence(prob: np.ndarray) -> dict[str, float]:
     0: every pixel at 0.5); ``undecided_fraction`` the fraction of pixels with ``p`` in
     :data:`UNDECIDED_PROBABILITY`, both on the model's pixel grid. Measured with the
     built-in model on simulated bright-field fields of 512 px (8 each): imaged like its
-    training images, undecided 0.02–0.03; at 1,000 photons/pixel (a dim dish, where it
-    also draws objects over the background) 0.04–0.42, half of them above 0.15. Small
-    fields have more (256 px: 0.08–0.10 and 0.13–0.21). Confident mistakes (cells missed
-    under very uneven illumination: 0.01–0.02) do not show here.
+    training images, undecided 0.02–0.03; at 1,000 photons/pixel 0.04–0.12 (the model
+    before it, not trained on dim fields and drawing objects over their background:
+    0.04–0.42). Small fields have more (256 px: 0.07–0.10 and 0.11–0.16). Confident
+    mistakes (cells missed under very uneven illumination: 0.01–0.03) do not show here.
     """
     fg = np.asarray(prob[0], dtype=np.float32)
     lo, hi = UNDECIDED_PROBABILITY
