@@ -35,8 +35,8 @@ def test_chain_on_simulated_images(tmp_path):
     ok = cells[cells.truth_cell_id > 0].iloc[0]
     assert ok.stiffness_pa == truth[(truth.image_id == ok.image_id) & (truth.cell_id == ok.truth_cell_id)].stiffness_pa.iloc[0]
     # AFM points (one per whole true cell, at its centroid ± 0.5 µm) are attached by position to the
-    # segmented cell under them: measured on this seed, 44 of the 52 points attach, and every
-    # segmented cell with a true match (IoU >= 0.5) carries exactly the AFM value of ITS true cell.
+    # segmented cell under them, and every segmented cell with a true match (IoU >= 0.5) and one
+    # AFM point under it carries exactly the AFM value of ITS true cell.
     afm = pd.read_parquet(sim / "afm.parquet")
     measured = cells[cells.afm_stiffness_pa.notna()]
     assert len(measured) >= 35 and (measured.afm_n_measurements >= 1).all()
@@ -45,7 +45,14 @@ def test_chain_on_simulated_images(tmp_path):
     assert len(with_truth) >= 25
     own = with_truth.merge(afm, left_on=["image_id", "truth_cell_id"], right_on=["image_id", "truth_cell_id"], how="left")
     assert len(own) == len(with_truth) and own.measured_stiffness_pa.notna().all()
-    np.testing.assert_allclose(own.afm_stiffness_pa, own.measured_stiffness_pa, rtol=1e-9)
+    # a segmented cell that also covers a neighbour's AFM point (two cells merged, IoU >= 0.5 with
+    # one of them) carries the geometric mean of both: 1 of 29 with the built-in model on this seed
+    single = own[own.afm_n_measurements == 1]
+    assert len(single) >= 0.85 * len(own)
+    np.testing.assert_allclose(single.afm_stiffness_pa, single.measured_stiffness_pa, rtol=1e-9)
+    for _, c in own[own.afm_n_measurements > 1].iterrows():  # the own value is one of the averaged ones
+        pts = afm[(afm.image_id == c.image_id)].measured_stiffness_pa
+        assert pts.min() <= c.afm_stiffness_pa <= pts.max() and c.afm_stiffness_pa != c.measured_stiffness_pa
 
     r = runner.invoke(app, ["train", str(run), "--target", "label", "--out", str(tmp_path / "cls"), "--epochs", "1", "--batch-size", "32"])
     assert r.exit_code == 0, r.output
