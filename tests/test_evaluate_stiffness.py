@@ -68,7 +68,7 @@ def make_run(root, n=36, *, cls=True, reg=True, truth=True, condition=True, spli
 def test_perfect_classifier():
     m = classification_metrics(["soft", "soft", "stiff", "stiff"], [[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9]], ["soft", "stiff"])
     assert m["auc"] == 1.0 and m["f1"] == 1.0 and m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0
-    assert m["positive_class"] == "stiff"
+    assert m["positive_class"] == "stiff" and m["auc_average"] == "binary"  # what the report says the AUC is
     assert m["ece"] == pytest.approx(0.15)  # all correct: ECE = mean(1 - confidence)
     assert m["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
     assert m["roc"]["stiff"]["tpr"][-1] == 1.0
@@ -97,7 +97,7 @@ def test_multiclass_and_missing_truth():
     m = classification_metrics(y, prob, classes)
     assert m["n"] == 4 and m["n_missing_truth"] == 2
     assert m["auc"] == 1.0 and m["f1"] == 1.0 and m["positive_class"] is None
-    assert "macro" in m["f1_average"]
+    assert "macro" in m["f1_average"] and m["auc_average"] == "one-vs-rest macro"
 
 
 def test_classification_errors():
