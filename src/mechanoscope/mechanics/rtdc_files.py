@@ -64,6 +64,13 @@ def _check_names(paths: Sequence[Path]) -> None:
         seen[p.stem] = p
 
 
+def _imported_record(path: Path, res: RTDCImportResult) -> dict[str, Any]:
+    """What rtdc.json and the result say of one imported file."""
+    return {"file": str(path), "status": "imported", "n_events": res.n_events, "n_imported": res.n_imported,
+            "n_outside_lut": res.n_outside_lut, "n_skipped": res.n_skipped, "settings": res.settings,
+            "no_modulus": res.no_modulus, "notes": res.notes}
+
+
 def _consolidate(parts: list[tuple[Path, RTDCImportResult]], out: Path, attrs: dict[str, Any]) -> pd.DataFrame:
     """Concatenate the parts' tables and stream their crops into ``out/crops.zarr``."""
     from mechanoscope.io.crop_store import CropStoreWriter, read_crop_store
@@ -138,9 +145,7 @@ def import_rtdc_files(
     if len(files) == 1:
         res = import_rtdc(files[0], out, cfg, labels=labels,
                           progress=None if progress is None else (lambda i, n: progress(files[0].name, i, n)))
-        record = {"file": str(files[0]), "status": "imported", "n_events": res.n_events, "n_imported": res.n_imported,
-                  "n_outside_lut": res.n_outside_lut, "n_skipped": res.n_skipped}
-        return RTDCFilesResult(out, res.table, [record], res.n_events, res.n_imported, res.n_outside_lut,
+        return RTDCFilesResult(out, res.table, [_imported_record(files[0], res)], res.n_events, res.n_imported, res.n_outside_lut,
                                res.events_per_second, [], [res])
     staging = out / "parts" / "rtdc"
     if staging.exists():  # what a killed import left
@@ -154,19 +159,14 @@ def import_rtdc_files(
         tick = None if progress is None else (lambda i, n, _name=p.name: progress(_name, i, n))
         try:
             res = import_rtdc(p, part, cfg, labels=labels, progress=tick)
-        except MechanoscopeError as exc:
-            failed.append({"file": str(p), "error": str(exc)})
-            records.append({"file": str(p), "status": "failed", "error": str(exc)})
-            continue
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a damaged file dclab/h5py did not foresee
-            msg = f"{p}: could not be imported ({type(exc).__name__}: {exc}); check the file (e.g. open it in dclab or Shape-Out)"
+        except (MechanoscopeError, OSError, ValueError, KeyError, RuntimeError) as exc:  # the latter: a damaged file dclab/h5py did not foresee
+            msg = str(exc) if isinstance(exc, MechanoscopeError) else (
+                f"{p}: could not be imported ({type(exc).__name__}: {exc}); check the file (e.g. open it in dclab or Shape-Out)")
             failed.append({"file": str(p), "error": msg})
             records.append({"file": str(p), "status": "failed", "error": msg})
             continue
         done.append((part, res))
-        records.append({"file": str(p), "status": "imported", "n_events": res.n_events, "n_imported": res.n_imported,
-                        "n_outside_lut": res.n_outside_lut, "n_skipped": res.n_skipped, "settings": res.settings,
-                        "no_modulus": res.no_modulus, "notes": res.notes})
+        records.append(_imported_record(p, res))
     if not done:
         shutil.rmtree(staging, ignore_errors=True)
         raise RTDCReadError("no RT-DC file could be imported:\n" + "\n".join(f["error"] for f in failed))

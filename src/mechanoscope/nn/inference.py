@@ -180,15 +180,6 @@ def fuse_for_inference(net: Any) -> Any:
     pairs = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
              (nn.ConvTranspose1d, nn.BatchNorm1d), (nn.ConvTranspose2d, nn.BatchNorm2d), (nn.ConvTranspose3d, nn.BatchNorm3d))
 
-    def first_bn(mod: Any) -> tuple[Any, str | None]:
-        """The BatchNorm that runs first in ``mod``: ``mod`` itself, or the first child of a
-        Sequential (MONAI's ``Convolution`` is ``conv`` then an ``ADN`` Sequential whose
-        first layer is the norm)."""
-        if isinstance(mod, nn.Sequential) and len(mod._modules):
-            name = next(iter(mod._modules))
-            return mod, name
-        return None, None
-
     with torch.no_grad():
         for mod in list(fused.modules()):
             if not isinstance(mod, nn.Sequential):
@@ -196,10 +187,10 @@ def fuse_for_inference(net: Any) -> Any:
             names = list(mod._modules)
             for a, b in itertools.pairwise(names):
                 conv, nxt = mod._modules[a], mod._modules[b]
-                holder, key = (mod, b)
+                holder, key = mod, b
                 if isinstance(nxt, nn.Sequential):  # conv → Sequential(BN, …), as in MONAI's ADN
-                    holder, key = first_bn(nxt)
-                    if holder is None:
+                    holder, key = nxt, next(iter(nxt._modules), None)
+                    if key is None:
                         continue
                 bn = holder._modules[key]
                 match = next((c for c, n in pairs if type(conv) is c and type(bn) is n), None)

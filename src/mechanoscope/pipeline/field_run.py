@@ -46,7 +46,7 @@ from mechanoscope.io.atomic import make_output_folder
 from mechanoscope.io.images import read_image, write_label_image
 from mechanoscope.io.tables import write_table
 from mechanoscope.pipeline.field import FieldError, process_field
-from mechanoscope.segment.batch import confidence_fields
+from mechanoscope.segment.batch import SEGMENTATION_FIELDS, segmentation_fields
 
 __all__ = ["run_fields", "FieldRunResult", "consolidate_parts", "process_file_to_parts", "record_outcome", "PARTS_FOLDER"]
 
@@ -271,8 +271,7 @@ def process_file_to_parts(root: Path, path: Path, image_id: str, *, segmenter: A
     seconds["total"] = time.perf_counter() - t0
     return {"status": "done", "image": str(path), "files": [str(labels_path), str(rows_path), str(crops_path)], "inputs": fingerprint,
             "seconds": seconds, "labels": layout.relative(labels_path), "part": layout.relative(rows_path), "n_cells": int(len(res.table)),
-            "covered_fraction": round(float(np.count_nonzero(res.labels)) / max(res.labels.size, 1), 6), "pixel_size_um": res.pixel_size_um,
-            **confidence_fields(res.segmentation_confidence)}
+            "pixel_size_um": res.pixel_size_um, **segmentation_fields(res.labels, res.segmentation_confidence)}
 
 
 def record_outcome(run: Any, image_id: str, outcome: dict) -> bool:
@@ -281,8 +280,7 @@ def record_outcome(run: Any, image_id: str, outcome: dict) -> bool:
         warnings.warn(f"skipped {outcome['error']}", SkippedInputWarning, stacklevel=3)
         run.mark_failed(image_id, image=outcome["image"], stage=outcome["stage"], error=outcome["error"], seconds=outcome["seconds"])
         return False
-    info = {k: outcome[k] for k in ("labels", "part", "n_cells", "covered_fraction", "pixel_size_um",
-                                    "segmentation_certainty", "segmentation_undecided_fraction") if k in outcome}
+    info = {k: outcome[k] for k in ("labels", "part", "n_cells", "pixel_size_um", *SEGMENTATION_FIELDS) if k in outcome}
     run.mark_done(image_id, files=[Path(f) for f in outcome["files"]], image=outcome["image"], inputs=outcome["inputs"], seconds=outcome["seconds"], **info)
     return True
 

@@ -122,11 +122,17 @@ def segment_with_confidence(segmenter: Callable[[np.ndarray, float], np.ndarray]
     return np.asarray(labels), confidence
 
 
-def confidence_fields(confidence: Mapping[str, float] | None) -> dict[str, float]:
-    """The per-image run.json fields of a segmentation confidence (none when there is none)."""
-    if not confidence:
-        return {}
-    return {"segmentation_certainty": confidence["certainty"], "segmentation_undecided_fraction": confidence["undecided_fraction"]}
+#: Per-image run.json fields of :func:`segmentation_fields` (the confidence ones only for learned segmenters).
+SEGMENTATION_FIELDS = ("covered_fraction", "segmentation_certainty", "segmentation_undecided_fraction")
+
+
+def segmentation_fields(labels: np.ndarray, confidence: Mapping[str, float] | None) -> dict[str, float]:
+    """What run.json records of one image's segmentation for quality control: the fraction of
+    its pixels inside a cell and, for learned segmenters, the network's confidence."""
+    out = {"covered_fraction": round(float(np.count_nonzero(labels)) / max(labels.size, 1), 6)}
+    if confidence:
+        out.update(segmentation_certainty=confidence["certainty"], segmentation_undecided_fraction=confidence["undecided_fraction"])
+    return out
 
 
 def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, device: str | None = None) -> tuple[Callable[[np.ndarray, float], np.ndarray], dict, Any]:
@@ -291,8 +297,7 @@ def segment_images(
                 result.labels.append(target)
                 result.images.append(path)
                 run.mark_done(stem, files=[target], image=path, inputs=fingerprint, seconds={"total": time.perf_counter() - t0},
-                              labels=run.relative(target), n_cells=int(labels.max()), pixel_size_um=px,
-                              covered_fraction=round(float(np.count_nonzero(labels)) / max(labels.size, 1), 6), **confidence_fields(confidence))
+                              labels=run.relative(target), n_cells=int(labels.max()), pixel_size_um=px, **segmentation_fields(labels, confidence))
         if progress:
             progress(k + 1, len(stems), path.name)
     run.save(complete=True)

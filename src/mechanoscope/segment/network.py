@@ -113,8 +113,9 @@ class SegmentationModel:
 
     def inference_net(self) -> Any:
         """``net`` prepared for inference: an eval copy with BatchNorm folded into the
-        convolutions and, on the CPU, in channels-last memory format (1.2× and 1.85×
-        faster on 2 cores, ``benchmarks/segment.py``). Outputs equal ``net``'s in eval
+        convolutions and, on the CPU, in channels-last memory format (a 752² forward of
+        the built-in model on 2 loaded cores: 5.2 s plain, 4.4 s folded, 2.8 s folded +
+        channels-last). Outputs equal ``net``'s in eval
         mode up to float rounding. Made once and remade when ``net``'s weights change
         (e.g. fine-tuning), so it never runs stale weights."""
         import torch
