@@ -296,3 +296,59 @@ def test_crop_statistics_without_a_loop_equal_the_per_crop_ones():
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
         assert got[5, 1] > 5 * np.median(got[:, 1])  # the slope is seen
     assert crop_statistics(x[:0], CH).shape == (0, 6)
+
+
+def _image_statistics_pandas(table: pd.DataFrame, local_background=None, background_noise=None) -> pd.DataFrame:
+    """The former pandas-groupby ``image_statistics`` (median / quantile per image), as the reference."""
+    from mechanoscope.learn.domain_image import IMAGE_STAT_NAMES, _log
+
+    n = len(table)
+    col = lambda c: table[c].to_numpy(dtype=float) if c in table.columns else np.full(n, np.nan)  # noqa: E731
+    opt = lambda v: np.full(n, np.nan) if v is None else np.asarray(v, dtype=float)  # noqa: E731
+    lb = opt(local_background)
+    bg = col("crop_pad_value")
+    bg = np.where(np.isfinite(bg) & (bg > 0), bg, lb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = pd.DataFrame({"pixel_size_um": col("pixel_size_um"), "noise": np.sqrt(np.maximum(col("texture_neighbour_contrast"), 0) / 2) / bg,
+                            "bgnoise": opt(background_noise), "sharp": col("texture_gradient_mean_per_um") / bg, "contrast": col("intensity_std") / bg,
+                            "lo": col("intensity_min") / bg, "hi": col("intensity_max") / bg, "local_bg": lb, "area": col("area_um2")},
+                           index=pd.Index(table["image_id"].astype(str).to_numpy(), name="image_id"))
+    g = per.groupby(level=0, sort=True)
+    med = g.median()
+    out = pd.DataFrame(index=med.index)
+    out["n_cells"] = g.size().astype(int)
+    out["pixel_size_um"] = med["pixel_size_um"]
+    for name, c in (("noise_rel", "noise"), ("background_noise_rel", "bgnoise"), ("sharpness_rel", "sharp"), ("contrast_rel", "contrast"), ("log_cell_area_um2", "area")):
+        out[name] = _log(med[c].to_numpy())
+    out["intensity_p05_rel"] = g["lo"].quantile(0.05)
+    out["intensity_p95_rel"] = g["hi"].quantile(0.95)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unev = (g["local_bg"].quantile(0.9) - g["local_bg"].quantile(0.1)) / med["local_bg"]
+    out["illumination_unevenness"] = unev.where((g["local_bg"].count() >= 3) & (med["local_bg"] > 0))
+    return out[["n_cells", "pixel_size_um", *IMAGE_STAT_NAMES]]
+
+
+def test_image_statistics_without_pandas_groupby_equal_the_groupby_ones():
+    from mechanoscope.learn.domain_image import image_statistics
+
+    rng = np.random.default_rng(3)
+    seen_nan = seen_many = 0
+    for trial in range(60):
+        n, g = int(rng.integers(1, 50)), int(rng.integers(1, 6))
+        t = pd.DataFrame({"image_id": rng.choice([f"im{k}" for k in range(g)], n), "pixel_size_um": rng.choice([0.5, 0.6], n),
+                          "texture_neighbour_contrast": rng.uniform(0, 10, n), "crop_pad_value": rng.choice([1000.0, np.nan, 0.0], n),
+                          "texture_gradient_mean_per_um": rng.uniform(1, 5, n), "intensity_std": rng.uniform(1, 50, n),
+                          "intensity_min": rng.uniform(0, 900, n), "intensity_max": rng.uniform(900, 2000, n), "area_um2": rng.uniform(50, 500, n)})
+        for c in t.columns[1:]:
+            t.loc[rng.random(n) < 0.25, c] = np.nan  # missing values (and whole images without a value) are skipped, as pandas does
+        if trial % 3 == 0:
+            t = t.drop(columns=["intensity_min"])
+        lb = rng.uniform(900, 1100, n)
+        lb[rng.random(n) < 0.2] = np.nan
+        bn = None if trial % 2 else rng.uniform(0, 0.1, n)
+        got, ref = image_statistics(t, lb, bn), _image_statistics_pandas(t, lb, bn)
+        assert list(got.index) == list(ref.index) and got.index.name == "image_id" and list(got.columns) == list(ref.columns)
+        seen_nan += bool(np.isnan(ref.to_numpy(float)).any())
+        seen_many += bool((got["n_cells"] > 3).any())
+        np.testing.assert_allclose(got.to_numpy(float), ref.to_numpy(float), rtol=1e-13, atol=0, equal_nan=True)
+    assert seen_nan > 10 and seen_many > 10  # the cases that matter occurred: NaN statistics, images with several cells

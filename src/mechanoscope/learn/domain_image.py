@@ -114,7 +114,7 @@ def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = 
     bg = np.where(np.isfinite(bg) & (bg > 0), bg, lb)
     ids = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(n, dtype=str)
     with np.errstate(divide="ignore", invalid="ignore"):
-        per = pd.DataFrame({
+        per = {
             "pixel_size_um": col("pixel_size_um"),
             "noise": np.sqrt(np.maximum(col("texture_neighbour_contrast"), 0) / 2) / bg,
             "bgnoise": opt(background_noise),
@@ -124,22 +124,65 @@ def image_statistics(table: pd.DataFrame, local_background: np.ndarray | None = 
             "hi": col("intensity_max") / bg,
             "local_bg": lb,
             "area": col("area_um2"),
-        }, index=pd.Index(ids, name="image_id"))
-    g = per.groupby(level=0, sort=True)
-    med = g.median()  # NaN-skipping; all-NaN → NaN
-    q = lambda c, v: g[c].quantile(v)  # noqa: E731
-    out = pd.DataFrame(index=med.index)
-    out["n_cells"] = g.size().astype(int)
-    out["pixel_size_um"] = med["pixel_size_um"]
+        }
+    # per image (sorted by image_id) with NumPy: NaN-skipping median and linear quantiles as pandas' groupby gives them,
+    # without its fixed cost (~15 ms per call; this runs once per field and model)
+    names, inv = np.unique(ids, return_inverse=True)
+    grouped = _Groups(inv.reshape(-1), len(names))
+    med = {c: grouped.median(v) for c, v in per.items()}
+    out = {"n_cells": np.bincount(grouped.inv, minlength=grouped.n).astype(int), "pixel_size_um": med["pixel_size_um"]}
     for name, c in (("noise_rel", "noise"), ("background_noise_rel", "bgnoise"), ("sharpness_rel", "sharp"), ("contrast_rel", "contrast"), ("log_cell_area_um2", "area")):
-        out[name] = _log(med[c].to_numpy())
-    out["intensity_p05_rel"] = q("lo", 0.05)
-    out["intensity_p95_rel"] = q("hi", 0.95)
-    counts = g["local_bg"].count()
+        out[name] = _log(med[c])
+    out["intensity_p05_rel"] = grouped.quantile(per["lo"], 0.05)
+    out["intensity_p95_rel"] = grouped.quantile(per["hi"], 0.95)
+    counts = grouped.count(per["local_bg"])
     with np.errstate(divide="ignore", invalid="ignore"):
-        unev = (q("local_bg", 0.9) - q("local_bg", 0.1)) / med["local_bg"]
-    out["illumination_unevenness"] = unev.where((counts >= 3) & (med["local_bg"] > 0))
-    return out[["n_cells", "pixel_size_um", *IMAGE_STAT_NAMES]]
+        unev = (grouped.quantile(lb, 0.9) - grouped.quantile(lb, 0.1)) / med["local_bg"]
+    out["illumination_unevenness"] = np.where((counts >= 3) & (med["local_bg"] > 0), unev, np.nan)
+    frame = pd.DataFrame(out, index=pd.Index(names, name="image_id"))
+    return frame[["n_cells", "pixel_size_um", *IMAGE_STAT_NAMES]]
+
+
+class _Groups:
+    """NaN-skipping per-group statistics of cell values: ``inv`` (N,) is each cell's group in ``0 … n − 1``.
+
+    :meth:`median` and :meth:`quantile` equal pandas' ``groupby(...).median()`` /
+    ``.quantile(q)`` (linear interpolation; a group without a finite value gives NaN).
+    """
+
+    def __init__(self, inv: np.ndarray, n: int) -> None:
+        self.inv, self.n = np.asarray(inv, dtype=np.intp), int(n)
+        self.start = np.searchsorted(np.sort(self.inv), np.arange(self.n))
+
+    def _sorted(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v = np.asarray(v, dtype=float)
+        order = np.lexsort((v, self.inv))  # by group, then value; NaN last within a group
+        return v[order], self.count(v)
+
+    def count(self, v: np.ndarray) -> np.ndarray:
+        """Non-NaN values per group."""
+        return np.bincount(self.inv[~np.isnan(np.asarray(v, dtype=float))], minlength=self.n)
+
+    def median(self, v: np.ndarray) -> np.ndarray:
+        sv, k = self._sorted(v)
+        if not len(sv):
+            return np.full(self.n, np.nan)
+        lo = sv[np.minimum(self.start + np.maximum(k - 1, 0) // 2, len(sv) - 1)]
+        hi = sv[np.minimum(self.start + k // 2, len(sv) - 1)]
+        return np.where(k > 0, np.where(k % 2 == 1, lo, (lo + hi) / 2), np.nan)
+
+    def quantile(self, v: np.ndarray, q: float) -> np.ndarray:
+        sv, k = self._sorted(v)
+        if not len(sv):
+            return np.full(self.n, np.nan)
+        h = q * np.maximum(k - 1, 0)
+        i = np.floor(h).astype(np.intp)
+        frac = h - i
+        a = sv[np.minimum(self.start + i, len(sv) - 1)]
+        b = sv[np.minimum(self.start + np.minimum(i + 1, np.maximum(k - 1, 0)), len(sv) - 1)]
+        with np.errstate(invalid="ignore"):
+            val = np.where(frac > 0, a + (b - a) * frac, a)
+        return np.where(k > 0, val, np.nan)
 
 
 def conformal_rank_threshold(scores: np.ndarray, alpha: float) -> tuple[float, bool]:
@@ -209,11 +252,15 @@ class ImageDomainReference:
 
     def z_scores(self, stats: pd.DataFrame) -> pd.DataFrame:
         """Robust z-score of every statistic of every image (NaN where not measured)."""
-        z = pd.DataFrame(index=stats.index)
-        for s in IMAGE_STAT_NAMES:
-            v = stats[s].to_numpy(float) if s in stats.columns else np.full(len(stats), np.nan)
+        return pd.DataFrame(self._z(stats), index=stats.index, columns=list(IMAGE_STAT_NAMES))
+
+    def _z(self, stats: pd.DataFrame) -> np.ndarray:
+        """:meth:`z_scores` as an ``(n_images, len(IMAGE_STAT_NAMES))`` array."""
+        z = np.full((len(stats), len(IMAGE_STAT_NAMES)), np.nan)
+        for k, s in enumerate(IMAGE_STAT_NAMES):
             c, sc = (np.nan if m.get(s) is None else float(m[s]) for m in (self.centre, self.scale))  # None: not measured on the reference
-            z[s] = (v - c) / sc if np.isfinite(c) and np.isfinite(sc) and sc > 0 else np.nan
+            if s in stats.columns and np.isfinite(c) and np.isfinite(sc) and sc > 0:
+                z[:, k] = (stats[s].to_numpy(float) - c) / sc
         return z
 
     def judge(self, stats: pd.DataFrame) -> pd.DataFrame:
@@ -223,16 +270,16 @@ class ImageDomainReference:
         1 inside it), ``in_domain`` (this criterion alone at level ``alpha``) and
         ``reason`` (why ``p_value`` is small; empty when ``p_value > alpha``: the
         statistics whose |z| passed the level-``alpha`` threshold, or the largest one)."""
-        z = self.z_scores(stats)
-        top = z.abs().max(axis=1, skipna=True)
-        score = top.fillna(0.0) / self.threshold
-        p = conformal_p_values(self.loo_scores, top.to_numpy(float))
+        za = self._z(stats)
+        have = ~np.isnan(za)
+        top = np.where(have.any(1), np.max(np.where(have, np.abs(za), -np.inf), axis=1, initial=-np.inf), np.nan)  # NaN-skipping, NaN when none
+        score = np.where(np.isnan(top), 0.0, top) / self.threshold
+        p = conformal_p_values(self.loo_scores, top)
         lo_px, hi_px = self.pixel_size_range_um
         px = stats["pixel_size_um"].to_numpy(float) if "pixel_size_um" in stats.columns else np.full(len(stats), np.nan)
         ratio = np.where(px > hi_px, px / hi_px, np.where(px < lo_px, px / lo_px, 1.0))
         ratio = np.where(np.isfinite(px), ratio, np.nan)
         px_out = np.isfinite(ratio) & ((ratio > self.pixel_size_factor) | (ratio < 1 / self.pixel_size_factor))
-        za = z[list(IMAGE_STAT_NAMES)].to_numpy(float)
         va = np.column_stack([stats[s].to_numpy(float) if s in stats.columns else np.full(len(stats), np.nan) for s in IMAGE_STAT_NAMES])
         reasons = []
         for i in range(len(stats)):
@@ -248,7 +295,7 @@ class ImageDomainReference:
                     why.append(f"{_PLAIN[s]} {side} than in training ({s} = {va[i, k]:.3g}, training {self.low[s]:.3g}–{self.high[s]:.3g}, image statistics p = {p[i]:.2g})")
             reasons.append("; ".join(why))
         p = np.where(px_out, 0.0, p)
-        out = pd.DataFrame({"image_stats_score": score.to_numpy(float), "p_value": p, "pixel_size_ratio": ratio, "reason": reasons}, index=stats.index)
+        out = pd.DataFrame({"image_stats_score": score, "p_value": p, "pixel_size_ratio": ratio, "reason": reasons}, index=stats.index)
         out["in_domain"] = p > self.alpha
         return out
 

@@ -76,46 +76,56 @@ def domain_columns(reference: DomainReference | None, scores: np.ndarray | None,
     """
     from mechanoscope.learn.domain import NoDomainReferenceWarning  # defined there, which imports this module at its end
 
-    out = pd.DataFrame(index=table.index)
+    cols: dict[str, np.ndarray] = {}  # built as arrays, made a frame once (a frame's column insertions cost ~0.3 ms each, per field)
     alpha = float(getattr(reference, "image_alpha", 0.05)) if reference is not None else 0.05
     groups = table["image_id"].astype(str).to_numpy() if "image_id" in table.columns else np.zeros(len(table), dtype=str)
     if reference is None or scores is None:
         warnings.warn(f"{where}: the model folder has no applicability-domain reference (a features baseline, a CNN trained before mechanoscope had one, or one trained without held-out images); no domain check was possible for its predictions — retrain a CNN with validation/calibration images to get one", NoDomainReferenceWarning, stacklevel=3)
     else:
+        from mechanoscope.learn.domain_image import _Groups
+
         s = np.asarray(scores, dtype=float)
-        out[f"pred_domain_score_{target}"] = s
-        out[f"pred_in_domain_{target}"] = s <= 1.0
-        med = pd.Series(s, index=table.index).groupby(groups).transform("median").to_numpy()
+        cols[f"pred_domain_score_{target}"] = s
+        cols[f"pred_in_domain_{target}"] = s <= 1.0
+        names, inv = np.unique(groups, return_inverse=True)
+        inv = inv.reshape(-1)
+        med = _Groups(inv, len(names)).median(s)[inv] if len(s) else np.zeros(0)  # the median of each cell's image
         p_crop = reference.image_crop_p(med)
         thr = float(reference.image_threshold)
         crop_reason = np.array([f"{_CROP_REASON} {m:.2f}, p = {q:.2g} against the held-out images (threshold {thr:.2f}, the cells look unlike the training cells)"
                                 for m, q in zip(med, p_crop, strict=True)], dtype=object)
         pmat, texts = [p_crop], [crop_reason]
-        out[f"pred_image_domain_p_crop_{target}"] = p_crop
+        cols[f"pred_image_domain_p_crop_{target}"] = p_crop
         if image_judgement is not None and len(image_judgement):
             j = image_judgement.reindex(groups)
             p_img = j["p_value"].fillna(1.0).to_numpy(float) if "p_value" in j else np.where(j["in_domain"].fillna(True).to_numpy(bool), 1.0, 0.0)
-            out[f"pred_image_domain_p_image_{target}"] = p_img
+            cols[f"pred_image_domain_p_image_{target}"] = p_img
             pmat.append(p_img)
             texts.append(j["reason"].fillna("").to_numpy(dtype=object))
         pm = np.column_stack(pmat)
         rej = holm_reject(pm, alpha)
         reason = np.array(["; ".join(t[i] for t, r in zip(texts, rej[i], strict=True) if r and t[i]) for i in range(len(pm))], dtype=object)
         p_adj = np.minimum(1.0, pm.min(1) * pm.shape[1]) if len(pm) else np.zeros(0)
-        out[f"pred_image_domain_score_{target}"] = np.log(np.maximum(p_adj, 1e-300)) / np.log(alpha)
-        out[f"pred_image_in_domain_{target}"] = ~rej.any(1)
-        out[f"pred_image_domain_reason_{target}"] = reason
-    both = pd.concat([table.drop(columns=[c for c in out.columns if c in table.columns]), out], axis=1)
-    cols = [c for c in both.columns if str(c).startswith("pred_in_domain_")]
-    if cols:
-        out["pred_in_domain"] = both[cols].astype(bool).all(axis=1).to_numpy()
+        cols[f"pred_image_domain_score_{target}"] = np.log(np.maximum(p_adj, 1e-300)) / np.log(alpha)
+        cols[f"pred_image_in_domain_{target}"] = ~rej.any(1)
+        cols[f"pred_image_domain_reason_{target}"] = reason
+    out = pd.DataFrame(cols, index=table.index)
+    # the run's columns read only the other models' pred_ columns: the rest of the table is left out of this frame
+    earlier = [c for c in table.columns if str(c).startswith("pred_") and c not in cols]
+    both = pd.concat([table[earlier], out], axis=1)
+    run: dict[str, object] = {}
+    in_cols = [c for c in both.columns if str(c).startswith("pred_in_domain_")]
+    if in_cols:
+        run["pred_in_domain"] = np.logical_and.reduce([both[c].to_numpy(dtype=bool) for c in in_cols])
     family = _image_family(both)
     if family:
         pm = np.column_stack([both[c].to_numpy(float) for c, _ in family])
         rej = holm_reject(pm, alpha)
-        out["pred_image_domain_p"] = np.minimum(1.0, np.nanmin(pm, axis=1) * pm.shape[1])
-        out["pred_image_in_domain"] = ~rej.any(1)
-        out["pred_image_domain_reason"] = _run_reason(both, family, rej)
+        run["pred_image_domain_p"] = np.minimum(1.0, np.nanmin(pm, axis=1) * pm.shape[1])
+        run["pred_image_in_domain"] = ~rej.any(1)
+        run["pred_image_domain_reason"] = _run_reason(both, family, rej)
+    if run:
+        out = pd.concat([out, pd.DataFrame(run, index=table.index)], axis=1)
     return out
 
 
