@@ -201,6 +201,31 @@ def test_ids_preserved_table_crops_store(tmp_path):
         check_crops_match_table(table.iloc[::-1].reset_index(drop=True), store)
 
 
+def test_crop_store_writer_buffers_crops_without_changing_the_store(tmp_path):
+    from mechanoscope.io.crop_store import CropStoreWriter
+
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, 2, 8, 8)).astype(np.float32) for n in (3, 0, 5, 70, 1)]
+    stores = {}
+    for name, mib in (("each_image", 0.0), ("buffered", 1.0), ("small_buffer", 6 * 2 * 8 * 8 * 4 / 2**20)):
+        with CropStoreWriter(tmp_path / f"{name}.zarr", crop_size_um=8, crop_pixels=8, channels=["intensity", "mask"], chunk_cells=4, buffer_mib=mib) as w:
+            for k, c in enumerate(q.copy() for q in parts):
+                w.append(c, image_id=f"im{k}", cell_ids=np.arange(len(c)) + 10 * k, pad_value=float(k))
+                c *= 0  # the caller may reuse its array: what was appended is kept as it was
+                assert w.n_crops == sum(len(q) for q in parts[: k + 1])
+        stores[name] = read_crop_store(tmp_path / f"{name}.zarr")
+    ref = np.concatenate(parts)
+    for st in stores.values():
+        np.testing.assert_array_equal(st.crops[:], ref)
+        assert st.image_ids.tolist() == ["im0"] * 3 + ["im2"] * 5 + ["im3"] * 70 + ["im4"]
+        assert st.attrs["n_crops"] == 79 and st.attrs["pad_values"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_array_equal(stores["buffered"].cell_ids, stores["each_image"].cell_ids)
+    w = CropStoreWriter(tmp_path / "aborted.zarr", crop_size_um=8, crop_pixels=8, channels=["intensity", "mask"])
+    w.append(parts[0], image_id="a", cell_ids=np.arange(3))
+    w.abort()
+    assert not (tmp_path / "aborted.zarr").exists() and not list(tmp_path.glob(".aborted*"))
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -72,6 +72,9 @@ class CropStoreWriter:
         Extra JSON-serialisable attributes to record.
     chunk_cells
         Number of crops per chunk.
+    buffer_mib
+        Crops are held in memory up to this size (MiB) and then appended to the store
+        at once (0: every image's crops at once); committed or aborted with the store.
 
     Use as a context manager: on normal exit the store is committed (renamed into
     place), on an exception the temporary folder is removed and an existing store at
@@ -87,6 +90,7 @@ class CropStoreWriter:
         channels: list[str] | tuple[str, ...],
         attrs: dict[str, Any] | None = None,
         chunk_cells: int = 64,
+        buffer_mib: float = 32.0,
     ) -> None:
         import zarr
 
@@ -108,11 +112,27 @@ class CropStoreWriter:
         self._cell_ids = _create_array(self._group, "cell_ids", (0,), (4096,), "int64")
         self._frames = _create_array(self._group, "frames", (0,), (4096,), "int64")
         self._image_index = _create_array(self._group, "image_index", (0,), (4096,), "int32")
+        # crops wait in memory until ``buffer_cells`` have come, then go to the store in one append: an append per image
+        # (a few dozen crops) costs ~10 ms of Zarr metadata and partial-chunk rewrites (8 fields: 0.36 s for 143 crops)
+        self._buffer_cells = max(int(buffer_mib * 2**20 // (4 * c * p * p)), 1)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
 
     @property
     def n_crops(self) -> int:
         """Number of crops written so far."""
-        return int(self._crops.shape[0])
+        return int(self._crops.shape[0]) + self._n_pending
+
+    def _flush(self) -> None:
+        """Write the crops waiting in memory to the store (one append per array)."""
+        if not self._pending:
+            return
+        crops, ids, frames, index = (np.concatenate(parts) for parts in zip(*self._pending, strict=True))
+        self._pending, self._n_pending = [], 0
+        self._crops.append(crops, axis=0)
+        self._cell_ids.append(ids, axis=0)
+        self._frames.append(frames, axis=0)
+        self._image_index.append(index, axis=0)
 
     def append(
         self,
@@ -160,15 +180,16 @@ class CropStoreWriter:
         self._pad_values.append(None if pad_value is None else float(pad_value))
         if n == 0:
             return
-        self._crops.append(arr, axis=0)
-        self._cell_ids.append(ids, axis=0)
-        self._frames.append(fr, axis=0)
-        self._image_index.append(np.full(n, len(self._image_ids) - 1, np.int32), axis=0)
+        self._pending.append((arr.copy() if arr is crops else arr, ids, fr, np.full(n, len(self._image_ids) - 1, np.int32)))
+        self._n_pending += n
+        if self._n_pending >= self._buffer_cells:
+            self._flush()
 
     def commit(self) -> Path:
         """Write the attributes and rename the store into place. Returns the final path."""
         if self._done:
             raise CropStoreError(f"{self.path}: store already committed or aborted")
+        self._flush()
         attrs = {
             **self._extra,
             "format": STORE_FORMAT,
@@ -195,6 +216,7 @@ class CropStoreWriter:
     def abort(self) -> None:
         """Discard everything written; leave any existing store untouched."""
         self._done = True
+        self._pending, self._n_pending = [], 0
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._tmp)
 
