@@ -47,6 +47,8 @@ DEFAULT_OUT = REPO / "src" / "mechanoscope" / "segment" / "builtin"
 USIIGACI_PX_UM = 6.5 * 2 / (10 * 1.5)  # estimate, see the module docstring
 SIM_TRAIN_SEEDS = {"brightfield": 5000, "phase_contrast": 6000}
 SIM_TEST_SEEDS = {"brightfield": 2000, "phase_contrast": 4000}  # those of benchmarks/segment.py
+T98G_FOLDER = "usiigaci_T98G_timelapse"  # beside usiigaci_phase_contrast in ../shared/data
+T98G_PX_UM = 0.87  # from its usiigaci_experiment_parameters.csv
 CITATION = ("Tsai, H.-F., Gajda, J., Sloan, T. F. W., Rares, A., Shen, A. Q. (2019). Usiigaci: Instance-aware "
             "cell tracking in stain-free phase contrast microscopy enabled by machine learning. SoftwareX 9, "
             "230-237. doi:10.1016/j.softx.2019.02.007")
@@ -102,6 +104,45 @@ def read_real(data: Path, limit: int | None) -> tuple[list[np.ndarray], list[np.
     return images, labels, names, paths
 
 
+def read_t98g_peer(folder: Path, quick: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every 6th frame of the Usiigaci T98G time-lapse (never trained on) and Usiigaci's own
+    Mask R-CNN masks of it: agreement with a peer, not accuracy against manual truth."""
+    from mechanoscope.io import read_image, read_label_image
+
+    frames = sorted((folder / "frames_8bit").glob("*.png"))[:: 18 if quick else 6]
+    peer = sorted((folder / "usiigaci_masks_avg").glob("*.png"))[:: 18 if quick else 6]
+    if not frames or len(frames) != len(peer):
+        raise SystemExit(f"{folder}: T98G frames and Usiigaci masks not found or unpaired")
+    crop = (slice(0, 256), slice(0, 256)) if quick else (slice(None), slice(None))
+    return ([read_image(f, pixel_size_um=T98G_PX_UM).as_2d()[crop] for f in frames],
+            [read_label_image(m).as_2d().astype(np.int32)[crop] for m in peer])
+
+
+def inference_record(model: Any) -> dict[str, Any]:
+    return model.config.inference.model_dump(
+        mode="json", include={"interior_threshold", "foreground_threshold", "min_cell_area_um2", "test_time_augmentation"})
+
+
+def set_test_time_augmentation(out: Path, tta: str) -> None:
+    """Store ``tta`` as the default test-time augmentation of the model folder ``out``."""
+    from mechanoscope.io.atomic import atomic_path
+
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train_config"]["inference"]["test_time_augmentation"] = tta
+    with atomic_path(out / "config.json") as p:
+        p.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def write_record(out: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json (with the script's record under ``builtin_training``) and MODEL_CARD.md."""
+    from mechanoscope.io.atomic import atomic_path
+
+    with atomic_path(out / "metrics.json") as p:
+        p.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    with atomic_path(out / "MODEL_CARD.md") as p:
+        p.write_text(model_card(metrics["builtin_training"]))
+
+
 def score(fn, images, labels, px) -> dict[str, Any]:
     from mechanoscope.evaluate.segmentation import segmentation_scores
     from mechanoscope.evaluate.segmentation_pooled import aggregate_segmentation_scores
@@ -120,7 +161,7 @@ def score(fn, images, labels, px) -> dict[str, Any]:
 
 
 #: Script arguments that do not change the model (where it goes, how the run is done).
-NOT_MODEL_ARGS = {"quick", "out", "overwrite", "data", "update_card", "cv_json", "threads"}
+NOT_MODEL_ARGS = {"quick", "out", "overwrite", "data", "update_card", "cv_json", "threads", "rescore"}
 
 
 def rerun_flags(script_args: dict[str, Any]) -> str:
@@ -203,6 +244,9 @@ def model_card(rec: dict[str, Any]) -> str:
                 v = sc[meth]
                 lines.append(f"| {name} | {meth} | {v['ap_50']} | {v['ap_75']} | {v['ap_50_95']} | {v['f1_50']} | {v['megapixels_per_s']} |")
     cv = rec.get("cross_validation")
+    lines += ["", f"Scores at the model's default test-time augmentation (`{rec['inference'].get('test_time_augmentation', 'none')}`). "
+              "t98g_vs_usiigaci_peer: agreement with Usiigaci's own Mask R-CNN masks on every 6th frame of its T98G "
+              "time-lapse (never trained on; a peer's segmentation, not manual truth)."]
     lines += ["", "Real validation images: 4 Usiigaci images held out of this training (small; flatters the model). "
               f"MP/s: input megapixels per second on {rec.get('cpu_count')} CPU cores at the end of training "
               f"(load average {rec.get('load_average')}; other jobs shared the cores), at the inference settings of "
@@ -239,16 +283,12 @@ def cv_summary(path: Path) -> dict[str, Any]:
 
 def update_card(out: Path, cv_json: Path | None) -> None:
     """Add cross-validation figures to a trained model's record and rewrite its card."""
-    from mechanoscope.io.atomic import atomic_path
 
     metrics = json.loads((out / "metrics.json").read_text())
     rec = metrics["builtin_training"]
     if cv_json is not None:
         rec["cross_validation"] = cv_summary(cv_json)
-    with atomic_path(out / "metrics.json") as p:
-        p.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    with atomic_path(out / "MODEL_CARD.md") as p:
-        p.write_text(model_card(rec))
+    write_record(out, metrics)
     print(json.dumps(rec.get("cross_validation"), indent=2))
 
 
@@ -270,13 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-px-um", type=float, default=1.3)
     ap.add_argument("--sim-per-modality", type=int, default=8)
     ap.add_argument("--sim-size", type=int, default=384)
-    ap.add_argument("--sim-test", type=int, default=4, help="simulated test fields per modality")
+    ap.add_argument("--sim-test", type=int, default=12, help="simulated test fields per modality")
     ap.add_argument("--vary-imaging", action="store_true",
                     help=f"draw each simulated training field's exposure and illumination unevenness from {IMAGING_VARIATION}")
     ap.add_argument("--cv-json", type=Path, default=None, help="benchmarks/segment.py --parts cv output for the card")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop starting epochs after this training time")
     ap.add_argument("--update-card", action="store_true",
                     help="no training: add --cv-json to the record of the model at --out and rewrite its card")
+    ap.add_argument("--test-time-augmentation", default="mirror", choices=["none", "mirror", "dihedral"],
+                    help="the model's default test-time augmentation (views averaged per tile)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="no training: set --test-time-augmentation on the model at --out, score it again, rewrite its record and card")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -289,7 +333,6 @@ def main() -> None:
     import torch
 
     from mechanoscope import __version__
-    from mechanoscope.io.atomic import atomic_path
     from mechanoscope.segment.classical import ClassicalSegmentationConfig, segment_classical
     from mechanoscope.segment.network import SegmentationInferenceConfig, SegmentationTrainConfig, load_segmentation_model, segment_network
     from mechanoscope.segment.network_train import train_segmentation
@@ -333,17 +376,21 @@ def main() -> None:
         pixel_size_um=args.model_px_um, channels=tuple(int(c) for c in args.channels.split(",")),
         num_res_units=args.res_units, representation=args.representation, scale_range=(0.8, 1.25),
         gamma_range=(0.6, 1.6), intensity_scale_range=(0.75, 1.33), blur_sigma_max_px=1.5, noise_std=0.05,
-        device="cpu", optimize_thresholds=not args.quick, inference=SegmentationInferenceConfig(device="cpu"),
+        device="cpu", optimize_thresholds=not args.quick,
+        inference=SegmentationInferenceConfig(device="cpu", test_time_augmentation=args.test_time_augmentation),
     )
 
     def progress(epoch: int, epochs: int, row: dict) -> None:
         log(f"epoch {epoch}/{epochs} train {row['train_loss']} val {row['val_loss']} ({row['seconds']} s){' *' if row['best'] else ''}")
 
-    log(f"training on {len(images)} images ({n_real} real, {len(images) - n_real} simulated), validation {val}")
     t0 = time.perf_counter()
-    train_segmentation(images, labels, pixel_sizes_um=pxs, config=cfg, out=out, progress=progress,
-                       input_paths=paths, command=sys.argv, overwrite=args.overwrite or args.quick, validation_indices=val,
-                       max_train_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    if args.rescore:
+        set_test_time_augmentation(Path(out), args.test_time_augmentation)
+    else:
+        log(f"training on {len(images)} images ({n_real} real, {len(images) - n_real} simulated), validation {val}")
+        train_segmentation(images, labels, pixel_sizes_um=pxs, config=cfg, out=out, progress=progress,
+                           input_paths=paths, command=sys.argv, overwrite=args.overwrite or args.quick, validation_indices=val,
+                           max_train_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     wall = time.perf_counter() - t0
     model = load_segmentation_model(out, device="cpu")
 
@@ -363,7 +410,17 @@ def main() -> None:
         ccfg = ClassicalSegmentationConfig(cell_diameter_um=round(sd, 1))
         scores[f"simulated_{mod}"] = {"builtin": score(builtin, ti, tl, spx),
                                       "classical": score(lambda i, p: segment_classical(i, pixel_size_um=p, config=ccfg), ti, tl, spx)}
+    scores["t98g_vs_usiigaci_peer"] = {"builtin": score(builtin, *read_t98g_peer(args.data.parent / T98G_FOLDER, args.quick), T98G_PX_UM)}
     m = model.metrics
+    if args.rescore:  # the training record stays; the scores, the inference settings and the flags are new
+        rec = m["builtin_training"]
+        rec["script_args"].update(test_time_augmentation=args.test_time_augmentation, sim_test=args.sim_test)
+        rec["data"]["simulated"]["test_seeds"] = {k: [v, v + args.sim_test - 1] for k, v in SIM_TEST_SEEDS.items()}
+        rec.update(scores=scores, inference=inference_record(model), cpu_count=os.cpu_count(),
+                   load_average=[round(x, 2) for x in os.getloadavg()], rescored=time.strftime("%Y-%m-%d"))
+        write_record(Path(out), {**m, "builtin_training": rec})
+        print(json.dumps(rec, indent=2, default=str))
+        return
     rec: dict[str, Any] = {
         "script": "scripts/train_builtin_segmenter.py",
         "quick": args.quick,
@@ -381,7 +438,7 @@ def main() -> None:
         },
         "settings": model.config.model_dump(mode="json", exclude={"inference"}),
         "script_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "inference": model.config.inference.model_dump(mode="json", include={"interior_threshold", "foreground_threshold", "min_cell_area_um2"}),
+        "inference": inference_record(model),
         "training": {"wall_time_s": round(wall, 1), "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"),
                      "best_val_loss": m.get("best_val_loss"), "device": "cpu", "torch_threads": torch.get_num_threads(),
                      "validation_scores": m.get("validation_scores")},
@@ -394,11 +451,7 @@ def main() -> None:
     if args.cv_json:
         rec["cross_validation"] = cv_summary(args.cv_json)
     rec["total_wall_time_s"] = round(time.perf_counter() - t_start, 1)
-    metrics = {**m, "builtin_training": rec}
-    with atomic_path(Path(out) / "metrics.json") as p:
-        p.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    with atomic_path(Path(out) / "MODEL_CARD.md") as p:
-        p.write_text(model_card(rec))
+    write_record(Path(out), {**m, "builtin_training": rec})
     print(json.dumps(rec, indent=2, default=str))
     if tmp is not None:
         tmp.cleanup()

@@ -45,6 +45,35 @@ def test_dense_tta_is_the_mean_of_the_back_transformed_views_and_is_equivariant(
         torch.testing.assert_close(forward_tta(net, x, False, dense=True), net(x))
 
 
+def test_mirror_tta_is_the_mean_of_the_input_and_its_mirror_and_names_are_checked():
+    net = _asymmetric_conv()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = forward_tta(net, x, "mirror", dense=True)
+        ref = (net(x) + torch.flip(net(torch.flip(x, dims=(3,))), dims=(3,))) / 2
+        torch.testing.assert_close(got, ref)
+        assert not torch.allclose(got, net(x), atol=1e-3) and not torch.allclose(got, forward_tta(net, x, "dihedral", dense=True), atol=1e-3)
+        # mirror-equivariant: the mirrored input gives the mirrored output
+        torch.testing.assert_close(forward_tta(net, torch.flip(x, dims=(3,)), "mirror", dense=True), torch.flip(got, dims=(3,)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(forward_tta(net, x, "dihedral", dense=True), forward_tta(net, x, True, dense=True))
+        torch.testing.assert_close(forward_tta(net, x, "none", dense=True), net(x))
+        with pytest.raises(ConfigError, match="'rotate' is not one of"):
+            forward_tta(net, x, "rotate", dense=True)
+
+
+def test_segmentation_tta_setting_reads_old_booleans_and_refuses_other_names():
+    from pydantic import ValidationError
+
+    from mechanoscope.segment.network import SegmentationInferenceConfig
+
+    assert SegmentationInferenceConfig().test_time_augmentation == "none"
+    assert SegmentationInferenceConfig(test_time_augmentation=True).test_time_augmentation == "dihedral"
+    assert SegmentationInferenceConfig(test_time_augmentation=False).test_time_augmentation == "none"
+    assert SegmentationInferenceConfig(test_time_augmentation="mirror").test_time_augmentation == "mirror"
+    with pytest.raises(ValidationError):
+        SegmentationInferenceConfig(test_time_augmentation="flips")
+
+
 def test_image_level_tta_is_invariant_to_the_crop_orientation():
     conv = _asymmetric_conv(out_ch=3)
     net = torch.nn.Sequential(conv, torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 2)).eval()

@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "DIHEDRAL_VIEWS",
     "THREADS_ENV",
+    "TTA_VIEWS",
     "combine_ensemble",
     "default_inference_threads",
     "forward_tta",
@@ -37,6 +38,7 @@ __all__ = [
     "fuse_for_inference",
     "inference_threads",
     "predict_batched",
+    "tta_views",
 ]
 
 #: Environment variable that fixes torch's intra-op threads for inference (a positive integer).
@@ -45,9 +47,23 @@ THREADS_ENV = "MECHANOSCOPE_INFERENCE_THREADS"
 #: The 8 views as (mirror, quarter turns).
 DIHEDRAL_VIEWS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
 
+#: Views of each test-time augmentation: ``"dihedral"`` (the 8 views, also ``True``),
+#: ``"mirror"`` (the input and its left-right mirror: 2 passes), ``"none"`` (also ``False``).
+TTA_VIEWS: dict[str, tuple[tuple[bool, int], ...]] = {"none": ((False, 0),), "mirror": ((False, 0), (True, 0)), "dihedral": DIHEDRAL_VIEWS}
 
-def forward_tta(net: Any, x: Any, tta: bool = True, *, dense: bool = False) -> Any:
-    """``net(x)``, averaged over the 8 dihedral views of ``x`` if ``tta``.
+
+def tta_views(tta: bool | str) -> tuple[tuple[bool, int], ...]:
+    """The (mirror, quarter turns) views of a test-time augmentation setting."""
+    key = {True: "dihedral", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
+    if key not in TTA_VIEWS:
+        from mechanoscope.errors import ConfigError
+
+        raise ConfigError(f"test-time augmentation {tta!r} is not one of {sorted(TTA_VIEWS)} (or true/false)")
+    return TTA_VIEWS[key]
+
+
+def forward_tta(net: Any, x: Any, tta: bool | str = True, *, dense: bool = False) -> Any:
+    """``net(x)``, averaged over the dihedral views of ``x`` that ``tta`` names.
 
     Parameters
     ----------
@@ -56,7 +72,8 @@ def forward_tta(net: Any, x: Any, tta: bool = True, *, dense: bool = False) -> A
     x
         ``(B, C, H, W)`` tensor.
     tta
-        Average over the 8 views; ``False`` is a plain forward pass.
+        ``True`` or ``"dihedral"``: average over the 8 views; ``"mirror"``: over ``x``
+        and its left-right mirror; ``False`` or ``"none"``: a plain forward pass.
     dense
         The output is an image ``(B, K, H, W)`` aligned with the input: each view's
         output is rotated and mirrored back before averaging. For non-square inputs
@@ -69,17 +86,18 @@ def forward_tta(net: Any, x: Any, tta: bool = True, *, dense: bool = False) -> A
     """
     import torch
 
-    if not tta:
+    views = tta_views(tta)
+    if len(views) == 1:
         return net(x)
     acc = None
-    for flip, k in DIHEDRAL_VIEWS:
+    for flip, k in views:
         v = torch.flip(x, dims=(3,)) if flip else x
         o = net(torch.rot90(v, k, dims=(2, 3)) if k else v)
         if dense:
             o = torch.rot90(o, -k, dims=(2, 3)) if k else o
             o = torch.flip(o, dims=(3,)) if flip else o
         acc = o if acc is None else acc + o
-    return acc / len(DIHEDRAL_VIEWS)
+    return acc / len(views)
 
 
 def predict_batched(nets: list, x: np.ndarray, batch_size: int = 256, tta: bool = False, device: str = "auto") -> np.ndarray:

@@ -83,7 +83,7 @@ def predict_logits_tiled(
     device: Any = None,
     tile_batch: int = 2,
     progress: Callable[[int, int], None] | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
 ) -> np.ndarray:
     """Network output of a whole normalised image, computed in overlapping tiles.
 
@@ -113,8 +113,9 @@ def predict_logits_tiled(
     progress
         Called as ``progress(done, total)`` after every batch of tiles.
     tta
-        Average every tile's output over its 8 rotations and mirrors
-        (:func:`mechanoscope.nn.inference.forward_tta`, 8× the cost).
+        Average every tile's output over views of it: ``"dihedral"`` (or ``True``) its 8
+        rotations and mirrors (8× the cost), ``"mirror"`` it and its mirror (2×);
+        ``False`` / ``"none"`` one pass (:func:`mechanoscope.nn.inference.forward_tta`).
 
     Returns
     -------

@@ -211,12 +211,12 @@ def _model_grid_probabilities(
     pct = tuple(model.normalization.get("percentiles", model.config.normalize_percentiles))
     img_m = resample_image(image, pixel_size_um, model.pixel_size_um)
     norm, _, _ = normalize_percentile(img_m, pct)  # type: ignore[arg-type]
-    if inference.test_time_augmentation and model.config.representation == "hover":
+    if inference.test_time_augmentation != "none" and model.config.representation == "hover":
         from mechanoscope.errors import ConfigError
 
         raise ConfigError(
             "test-time augmentation is not available for 'hover' models (their offset channels "
-            "change sign under flips); set test_time_augmentation to false"
+            "change sign under flips); set test_time_augmentation to 'none'"
         )
     logits = predict_logits_tiled(
         model.inference_net(),

@@ -63,13 +63,23 @@ class SegmentationInferenceConfig(BaseModel):
             "stretched noise. 0 turns the check off."
         ),
     )
-    test_time_augmentation: bool = Field(
-        False,
+    test_time_augmentation: Literal["none", "mirror", "dihedral"] = Field(
+        "none",
         description=(
-            "Average the network's per-pixel output over the 8 rotations and mirrors of every "
-            "tile (8x the inference time)."
+            "Average the network's per-pixel output over views of every tile: 'mirror' the tile "
+            "and its left-right mirror (2x the inference time), 'dihedral' its 8 rotations and "
+            "mirrors (8x), 'none' one pass (true/false of older configs mean 'dihedral'/'none'). "
+            "On the built-in model, measured on real phase contrast (4 validation images / 11 "
+            "training images / 7 T98G frames against Usiigaci's own masks), AP@0.5 0.601 / "
+            "0.719 / 0.785 with 'none', 0.635 / 0.742 / 0.822 with 'mirror', 0.632 / 0.748 / "
+            "0.810 with 'dihedral'."
         ),
     )
+
+    @field_validator("test_time_augmentation", mode="before")
+    @classmethod
+    def _tta_from_bool(cls, v: Any) -> Any:
+        return {True: "dihedral", False: "none"}[v] if isinstance(v, bool) else v
     foreground_threshold: float = Field(
         0.5, gt=0, lt=1,
         description="A pixel is cell (interior or boundary) if p(interior) + p(boundary) exceeds this.",
