@@ -143,11 +143,13 @@ def test_cli_run_writes_the_run_and_a_scheduler_that_does_not_answer_is_a_clear_
     # again: everything was finished, nothing redone
     proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "run", str(f)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and f"{N_IMAGES} finished earlier" in proc.stdout + proc.stderr
-    # a scheduler address where nothing listens
-    proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "run", str(f), "--cluster", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o2")],
+    # a scheduler address where nothing listens (waiting 1 s for it, not the default 10 s)
+    f2 = tmp_path / "run2.yaml"
+    f2.write_text(yaml.safe_dump({**yaml.safe_load(f.read_text()), "connect_timeout_s": 1.0}))
+    proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "run", str(f2), "--cluster", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o2")],
                           capture_output=True, text=True, env=env, timeout=600)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "no Dask scheduler answered" in text and "Traceback" not in text
+    assert proc.returncode != 0 and "no Dask scheduler answered within 1 s" in text and "Traceback" not in text
     # unknown keys in the run file
     f.write_text(yaml.safe_dump({"inputs": [str(sim / "images")], "models": ["m"], "out": "out", "workers": 3}))
     proc = subprocess.run([sys.executable, "-m", "mechanoscope.cli.main", "run", str(f)], capture_output=True, text=True, env=env, timeout=600)
