@@ -8,12 +8,16 @@ Prints one JSON object:
 * ``cnn``: crops/s of the default compact CNN (width 16, 2 channels, 64-px crops) at
   batch 256 in fp32, channels-last fp32, bf16 autocast (channels-last), what
   ``predict_cells`` runs (BatchNorm folded, channels-last) at 1 and all torch threads
-  (with the thread count its automatic choice gives now), and onnxruntime.
+  (with the thread count its automatic choice gives now), the same under bf16 autocast
+  (``precision="bf16"``; ``fused_channels_last_bf16_*``), onnxruntime, and with
+  ``--compile`` torch.compile at 1 thread (``compile_*_seconds``, ``compiled_*``).
 * ``latency``: one crop at a time (batch 1), p50 / p99 in ms, torch and onnxruntime.
 * ``end_to_end``: ``predict_run`` (the product's default path: built-in segmentation
   model → crops → one classifier + one regressor → written cell table) over simulated
   16-bit bright-field fields at ≥ 60 cells per megapixel; cells/s, the time to only
-  read the images (I/O floor) and the ratio; with ``--profile`` the hot spots
+  read the images (I/O floor) and the ratio, ``outside_fields_seconds`` (model loading,
+  run.json, consolidation, the table); with ``--bf16-end-to-end`` the same run in bf16
+  (``end_to_end_bf16``); with ``--profile`` the hot spots
   (cProfile, functions by own time and by cumulative time).
 * ``memory``: peak RSS of ``mechanoscope predict`` in a fresh process over 1×, 10× and
   100× ``--memory-images`` fields (as ``benchmarks/memory.py``).
@@ -23,6 +27,7 @@ depend on how well they are trained, only on their architecture).
 
 Usage: nice python benchmarks/throughput.py [--images 8] [--size-px 512] [--cells 20]
        [--memory-images 1] [--memory-factors 1 10 100] [--profile] [--skip-memory]
+       [--compile] [--bf16-end-to-end]
 
 Measured 2026-12-01 on the 2-core AVX2 machine (no native bf16) while it ran other jobs
 (load average 5–12, i.e. 2.5–6 runnable processes per core; the figures are far below
@@ -51,6 +56,26 @@ ratio 146); CNN at batch 256: fp32 743, channels-last 1,144, bf16 channels-last 
 folded channels-last 866 (1 thread) / 1,521 (2 threads), onnxruntime 3,184 crops/s;
 batch-1 latency torch p50 2.7 / p99 4.9 ms, onnxruntime p50 0.43 / p99 0.96 ms; peak RSS
 542 / 548 / 561 MiB for 1 / 10 / 100 fields.
+
+With the applicability domain's per-field costs cut (NumPy per-image statistics,
+matrix-vector plane fits, frames built once) and the crop store appended in 32-MiB
+buffers, 2026-12-02 on the same AVX512-BF16 machine while other sessions' jobs ran
+(load 3.6–4.8, so about 1 of the 2 cores for this run; ``--skip-memory --profile
+--bf16-end-to-end --compile``): end to end 143 cells in 8.19 s = 17.5 cells/s, stages
+segment 5.92 / extract 0.68 / predict 0.89 / write 0.14 s, 0.54 s outside the fields
+(before, the same command at load 3.2–5.1: 7.70 s, 18.6 cells/s, segment 4.83 / extract
+0.65 / predict 1.26 / write 0.15 s: the learned segmentation, which other sessions were
+retraining on the same cores, sets the figure under load); with
+MECHANOSCOPE_INFERENCE_PRECISION=bf16 6.38 s (22.4 cells/s, predict 0.70 s) in the
+same run. Measured apart at load ~4: predict stage of the 8 fields 0.62 → 0.46 s,
+consolidating the crop store 0.36 → 0.19–0.25 s. CNN at batch 256: fp32 263,
+channels-last 441, bf16 channels-last 534, folded channels-last fp32 1,314 (1 thread) /
+758 (2), folded bf16 (``precision="bf16"``) 1,932 / 1,110, torch.compile at 1 thread
+fp32 1,520 (7.1 s to compile) / bf16 3,031, onnxruntime 2,262 crops/s; batch-1
+latency torch p50 5.7 / p99 272 ms, onnxruntime p50 0.27 / p99 8.5 ms (p99 is the
+load's). bf16 stays opt-in (:mod:`mechanoscope.nn.precision`: probabilities ≤ 4e-3,
+moduli ≤ 0.2 %, domain scores ≤ 0.7 % from fp32 for 15-epoch models, but up to 39 %
+for these 1-epoch ones); compiling does not pay for a run of this size.
 """
 
 from __future__ import annotations
@@ -121,7 +146,7 @@ def _onnx_session(net, x):
     return ort.InferenceSession(prog.model_proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def bench_cnn(batch: int, crop_px: int, width: int, seconds: float) -> tuple[dict, dict]:
+def bench_cnn(batch: int, crop_px: int, width: int, seconds: float, compile_: bool = False) -> tuple[dict, dict]:
     """Crops/s at ``batch`` and batch-1 latency of the compact CNN in several modes."""
     import torch
 
@@ -158,6 +183,26 @@ def bench_cnn(batch: int, crop_px: int, width: int, seconds: float) -> tuple[dic
             with inference_threads(t):
                 out["fused_channels_last_fp32_crops_per_s_by_threads"][str(t)] = round(_rate(lambda: fused(x_cl), batch, seconds))
         out["default_inference_threads_now"] = default_inference_threads()
+        # predict_cells(precision="bf16") / MECHANOSCOPE_INFERENCE_PRECISION=bf16: the folded channels-last network under bf16 autocast
+        from mechanoscope.nn.precision import inference_autocast, native_bf16
+
+        out["native_bf16"] = native_bf16("cpu")
+        with inference_autocast(torch.device("cpu"), "bf16"):
+            out["fused_bf16_max_abs_diff_logits"] = float((fused(x_cl).float() - ref).abs().max())
+            out["fused_channels_last_bf16_crops_per_s_by_threads"] = {}
+            for t in sorted({1, torch.get_num_threads()}):
+                with inference_threads(t):
+                    out["fused_channels_last_bf16_crops_per_s_by_threads"][str(t)] = round(_rate(lambda: fused(x_cl), batch, seconds))
+        if compile_:
+            # torch.compile (inductor) of the folded channels-last network at 1 thread: compile time against the gain
+            with inference_threads(1):
+                for name, prec in (("fp32", "fp32"), ("bf16", "bf16")):
+                    with inference_autocast(torch.device("cpu"), prec):
+                        t0 = time.perf_counter()
+                        comp = torch.compile(fused, dynamic=False)
+                        comp(x_cl)
+                        out[f"compile_{name}_seconds"] = round(time.perf_counter() - t0, 1)
+                        out[f"compiled_{name}_crops_per_s_1_thread"] = round(_rate(lambda: comp(x_cl), batch, seconds))
     sess = _onnx_session(net, x[:4])
     xa = x.numpy()
     out["onnxruntime_crops_per_s"] = round(_rate(lambda: sess.run(None, {"crops": xa}), batch, seconds))
@@ -246,6 +291,7 @@ def bench_end_to_end(root: Path, models: list[Path], n: int, size_px: int, cells
     for e in info.get("status", []):
         for k, v in (e.get("seconds") or {}).items():
             seconds[k] = seconds.get(k, 0.0) + float(v)
+    res["outside_fields_seconds"] = round(total - seconds.get("total", 0.0), 2)  # model loading, run.json, consolidation, the table
     res.update({
         "cells": n_cells,
         "cells_per_megapixel": round(n_cells / megapixels, 1),
@@ -314,18 +360,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-cnn", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile the end-to-end run (cProfile; slows it a little)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the CNN (fp32, bf16; ~10-30 s of compiling each)")
+    ap.add_argument("--bf16-end-to-end", action="store_true", help="also run end to end with MECHANOSCOPE_INFERENCE_PRECISION=bf16 (key end_to_end_bf16)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     result: dict = {"machine": _machine(), "load_start": _uptime()}
     if not args.skip_cnn:
-        result["cnn"], result["latency"] = bench_cnn(args.batch, 64, 16, args.cnn_seconds)
+        result["cnn"], result["latency"] = bench_cnn(args.batch, 64, 16, args.cnn_seconds, args.compile)
     root = Path(tempfile.mkdtemp(prefix="mechanoscope-throughput-"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             models = _train_models(root, args.seed)
         result["end_to_end"] = bench_end_to_end(root, models, args.images, args.size_px, args.cells, args.seed, args.profile)
+        if args.bf16_end_to_end:
+            from mechanoscope.nn.precision import PRECISION_ENV
+
+            os.environ[PRECISION_ENV] = "bf16"
+            try:
+                result["end_to_end_bf16"] = bench_end_to_end(root / "bf16", models, args.images, args.size_px, args.cells, args.seed, False)
+            finally:
+                del os.environ[PRECISION_ENV]
         if not args.skip_memory:
             result["memory"] = bench_memory(root, models, args.memory_images, args.memory_factors, args.memory_size_px, args.memory_cells, args.seed)
     finally:

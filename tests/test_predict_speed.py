@@ -352,3 +352,39 @@ def test_image_statistics_without_pandas_groupby_equal_the_groupby_ones():
         seen_many += bool((got["n_cells"] > 3).any())
         np.testing.assert_allclose(got.to_numpy(float), ref.to_numpy(float), rtol=1e-13, atol=0, equal_nan=True)
     assert seen_nan > 10 and seen_many > 10  # the cases that matter occurred: NaN statistics, images with several cells
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_bf16_autocast_stays_within_the_stated_tolerance_of_fp32(task, monkeypatch):
+    from mechanoscope.nn.precision import PRECISION_ENV
+
+    model = _model(task, tta=True)
+    table, crops = _test_cells()
+    ref = predict_cells(model, table, crops, channels=CH, device="cpu", threads=1)
+    seen: list = []
+    predict_cells(model, table.iloc[:2], crops[:2], channels=CH, device="cpu")  # builds the inference copies
+    (_, nets), = model._inference.values()
+    conv = next(m for m in nets[0].modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    try:
+        monkeypatch.setenv(PRECISION_ENV, "bf16")  # the environment variable chooses it when the call does not
+        got = predict_cells(model, table, crops, channels=CH, device="cpu", threads=1)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # it did run in bfloat16
+    t = model.config["target"]
+    if task == "classification":
+        d = np.abs(got[["pred_prob_soft", "pred_prob_stiff"]].to_numpy() - ref[["pred_prob_soft", "pred_prob_stiff"]].to_numpy())
+        assert 0 < d.max() < 1e-2  # changed by the rounding, within the stated tolerance
+    else:
+        r = np.abs(got["pred_stiffness_pa"].to_numpy() / ref["pred_stiffness_pa"].to_numpy() - 1)
+        assert 0 < r.max() < 1e-2
+    np.testing.assert_allclose(got[f"pred_domain_score_{t}"], ref[f"pred_domain_score_{t}"], rtol=0.1)  # barely trained nets: a few %
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(ConfigError, match=PRECISION_ENV):
+        predict_cells(model, table, crops, channels=CH, device="cpu")
+    monkeypatch.delenv(PRECISION_ENV)
+    again = predict_cells(model, table, crops, channels=CH, device="cpu", threads=1)  # fp32 again: the reference numbers exactly
+    pd.testing.assert_frame_equal(again, ref)
+    with pytest.raises(ConfigError, match="precision"):
+        predict_cells(model, table, crops, channels=CH, device="cpu", precision="half")

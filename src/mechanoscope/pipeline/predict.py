@@ -99,6 +99,10 @@ def _predict_images(src: Path, out: Path, loaded: list, identities: list[dict], 
         "models": [{"model_path": i["path"], "sha256": i["sha256"], "task": m.task, "target": m.config["target"], "model_type": m.config["model_type"]}
                    for m, i in zip(loaded, identities)],
     }
+    from mechanoscope.nn.precision import inference_precision
+
+    if (prec := inference_precision()) != "fp32":  # bf16 numbers are never mixed with fp32 ones on resume (fp32 runs keep their old settings)
+        settings["inference_precision"] = prec
     extra = {"source": str(src), "segmentation": segmentation}
     spec = json.dumps({"segmentation": segmentation, "segmentation_settings": segmentation_settings or {}, "models": [str(m.path) for m in loaded],
                        "extract_config": ecfg.model_dump(mode="json")}, sort_keys=True) if client is not None else None
