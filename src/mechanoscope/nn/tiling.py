@@ -13,6 +13,7 @@ from mechanoscope.errors import (
     MechanoscopeError,
 )
 from mechanoscope.nn.inference import forward_tta
+from mechanoscope.nn.precision import inference_autocast
 
 __all__ = ["tiling_plan", "predict_logits_tiled"]
 
@@ -84,6 +85,7 @@ def predict_logits_tiled(
     tile_batch: int = 2,
     progress: Callable[[int, int], None] | None = None,
     tta: bool | str = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Network output of a whole normalised image, computed in overlapping tiles.
 
@@ -116,6 +118,9 @@ def predict_logits_tiled(
         Average every tile's output over views of it: ``"dihedral"`` (or ``True``) its 8
         rotations and mirrors (8× the cost), ``"mirror"`` it and its mirror (2×);
         ``False`` / ``"none"`` one pass (:func:`mechanoscope.nn.inference.forward_tta`).
+    precision
+        ``"fp32"`` or ``"bf16"`` autocast (:func:`mechanoscope.nn.precision.inference_autocast`);
+        the output is float32 either way.
 
     Returns
     -------
@@ -146,7 +151,9 @@ def predict_logits_tiled(
             chunk = starts[b : b + tile_batch]
             batch = np.stack([padded[y0 : y0 + th, x0 : x0 + tw] for y0, x0, _, _ in chunk])
             x = torch.from_numpy(batch[:, None]).to(device)
-            y = forward_tta(net, x, tta, dense=True).float().cpu().numpy()
+            with inference_autocast(device, precision):
+                y = forward_tta(net, x, tta, dense=True)
+            y = y.float().cpu().numpy()
             if out is None:
                 out = np.zeros((y.shape[1], hp, wp), dtype=np.float32)
             for k, (y0, x0, iy, ix) in enumerate(chunk):

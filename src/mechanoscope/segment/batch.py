@@ -157,6 +157,7 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
 
         return classical, {"method": "classical"}, cfg
     from mechanoscope.io.model_folder import sha256_file
+    from mechanoscope.nn.precision import inference_precision
     from mechanoscope.segment.builtin_model import resolve_model_folder
     from mechanoscope.segment.network import SegmentationInferenceConfig, load_segmentation_model
 
@@ -172,6 +173,7 @@ def build_segmenter(method: str, settings: Mapping[str, Any] | None = None, devi
     if device is not None:
         merged["device"] = device
     cfg = validate_mapping(SegmentationInferenceConfig, merged)
+    cfg = cfg.model_copy(update={"precision": inference_precision(cfg.precision)})  # the one used goes into the run's settings
     info = {
         "method": "builtin" if str(method).lower() == "builtin" else "network",
         "model": str(model_dir.resolve()),

@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from mechanoscope.io.images import Image
 from mechanoscope.nn.device import select_device
+from mechanoscope.nn.precision import inference_precision
 from mechanoscope.nn.tiling import predict_logits_tiled, tiling_plan
 from mechanoscope.segment.distance_targets import activate, maps_to_labels
 from mechanoscope.segment.instances import probabilities_to_labels
@@ -228,6 +229,7 @@ def _model_grid_probabilities(
         device=model.device,
         tile_batch=inference.tile_batch,
         tta=inference.test_time_augmentation,
+        precision=inference_precision(inference.precision),
         progress=progress,
     )
     return activate(logits, model.config.representation)
