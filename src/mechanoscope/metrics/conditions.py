@@ -412,7 +412,8 @@ def functional_correlation(cells: pd.DataFrame, replicates: pd.DataFrame, functi
 
     The level follows the keys of ``functional``: ``by`` and ``replicate`` columns →
     one point per replicate (replicate median vs readout); ``by`` only → one point per
-    condition (median of replicate medians vs mean readout); ``image_id`` and
+    condition (geometric mean of replicate medians, as in the summary's
+    ``mean_of_replicate_medians``, vs mean readout); ``image_id`` and
     ``cell_id`` → one point per cell (``cells`` then carries ``image_id``, ``cell_id``;
     ``cell_level`` says so).
     Every numeric column other than the keys is a readout. Keys are matched as text;
