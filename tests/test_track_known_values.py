@@ -191,3 +191,20 @@ def test_overlap_is_intersection_over_union_and_daughters_must_be_smaller_than_t
     assert _area_ok(100.0, [50.0, 50.0]) and _area_ok(100.0, [63.0, 63.0])  # flat and rounded halves
     assert not _area_ok(100.0, [95.0, 50.0])  # a "daughter" as large as the mother is the mother moving on
     assert not _area_ok(100.0, [15.0, 50.0])
+
+
+@pytest.mark.parametrize("distance_um, divides", [(12.0, True), (14.0, True), (14.3, False)])
+def test_a_division_across_one_missed_frame_reaches_sqrt2_times_the_cutoff(distance_um, divides):
+    """A daughter first seen one frame late may lie up to R·sqrt(gap + 1) = R·sqrt(2) from her mother."""
+    import networkx as nx
+
+    from mechanoscope.track.divisions import repair_divisions
+
+    tree = nx.DiGraph()
+    tree.add_edge((0, 0), (1, 0))  # the mother (frame 0) and the daughter the tracker linked (frame 1)
+    tree.add_node((2, 0))  # the other daughter, missed in frame 1
+    coords = [np.array([[0.0, 0.0]]), np.array([[0.0, 5.0]]), np.array([[distance_um, 0.0]])]
+    areas = [np.array([100.0]), np.array([50.0]), np.array([50.0])]
+    counts = repair_divisions(tree, coords, areas, max_gap_frames=1, division_max_distance_um=10.0)
+    assert counts["gap_divisions"] == int(divides)
+    assert tree.has_edge((0, 0), (2, 0)) is divides
