@@ -34,3 +34,25 @@ def test_poisson_ratio_and_indentation_depth_follow_hertz(tmp_path):
     # the same curves read with ν = 0.3: E / (1 − ν²) is what the curve fixes, so E scales by (1 − 0.09) / (1 − 0.25)
     nu3 = _fit(tmp_path / "b", sim, poisson_ratio=0.3)
     np.testing.assert_allclose(nu3.youngs_modulus_pa / tab.youngs_modulus_pa, 0.91 / 0.75, rtol=1e-3)
+
+
+def test_contact_point_weighting_is_nanites_weight_cp_in_metres():
+    """weight_contact_point_um = 1 µm is nanite's weight_cp = 1e-6 m on a real JPK curve (and moves E by ~600 Pa)."""
+    import nanite
+
+    from tests.test_afm_fit import _afm
+
+    path = _afm("fmt-jpk-fd_spot3-0192.jpk-force")
+    common = dict(preprocessing=["compute_tip_position"], contact_point_initial_um=18.0, fit_baseline=True, rate_quality=False)
+    weighted = fit_afm_files(path, AFMFitConfig(**common, weight_contact_point_um=1.0)).table.iloc[0]
+    plain = fit_afm_files(path, AFMFitConfig(**common, weight_contact_point_um=0.0)).table.iloc[0]
+    curve = nanite.load_group(path)[0]
+    curve.apply_preprocessing(["compute_tip_position"])
+    params = curve.get_initial_fit_parameters(model_key="hertz_para")
+    params["contact_point"].set(18e-6)
+    params["baseline"].set(vary=True)
+    curve.fit_model(model_key="hertz_para", params_initial=params, weight_cp=1e-6)
+    ref = curve.fit_properties["params_fitted"]
+    assert weighted.youngs_modulus_pa == pytest.approx(ref["E"].value, abs=0.5)
+    assert weighted.contact_point_m == pytest.approx(ref["contact_point"].value, rel=1e-6)
+    assert abs(weighted.youngs_modulus_pa - plain.youngs_modulus_pa) > 300  # the weighting matters on this curve
