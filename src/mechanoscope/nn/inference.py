@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "DIHEDRAL_VIEWS",
     "THREADS_ENV",
+    "TTA_FROM_BOOL",
     "TTA_VIEWS",
     "combine_ensemble",
     "default_inference_threads",
@@ -51,10 +52,13 @@ DIHEDRAL_VIEWS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (Fals
 #: ``"mirror"`` (the input and its left-right mirror: 2 passes), ``"none"`` (also ``False``).
 TTA_VIEWS: dict[str, tuple[tuple[bool, int], ...]] = {"none": ((False, 0),), "mirror": ((False, 0), (True, 0)), "dihedral": DIHEDRAL_VIEWS}
 
+#: What the booleans of older settings mean.
+TTA_FROM_BOOL = {True: "dihedral", False: "none"}
+
 
 def tta_views(tta: bool | str) -> tuple[tuple[bool, int], ...]:
     """The (mirror, quarter turns) views of a test-time augmentation setting."""
-    key = {True: "dihedral", False: "none"}.get(tta, tta) if isinstance(tta, bool) else tta
+    key = TTA_FROM_BOOL[tta] if isinstance(tta, bool) else tta
     if key not in TTA_VIEWS:
         from mechanoscope.errors import ConfigError
 

@@ -89,7 +89,9 @@ class SegmentationInferenceConfig(BaseModel):
     @field_validator("test_time_augmentation", mode="before")
     @classmethod
     def _tta_from_bool(cls, v: Any) -> Any:
-        return {True: "dihedral", False: "none"}[v] if isinstance(v, bool) else v
+        from mechanoscope.nn.inference import TTA_FROM_BOOL
+
+        return TTA_FROM_BOOL[v] if isinstance(v, bool) else v
     foreground_threshold: float = Field(
         0.5, gt=0, lt=1,
         description="A pixel is cell (interior or boundary) if p(interior) + p(boundary) exceeds this.",
