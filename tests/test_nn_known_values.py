@@ -96,3 +96,35 @@ def test_tiled_tta_of_a_fixed_conv_is_the_mean_of_the_transformed_kernels(tta):
     ref = ndimage.correlate(img.astype(np.float64), mean_k, mode="mirror")
     got = predict_logits_tiled(net, img, tile_size_px=16, tile_overlap_px=8, rf_radius_px=1, stride=1, device=CPU, tta=tta)
     np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-4)
+
+
+def test_early_stopping_edge_cases_by_hand():
+    from mechanoscope.nn.training import EarlyStopping
+
+    # an exact tie with the best is not an improvement (min_delta 0)
+    s = EarlyStopping(epochs=10, patience=1, count_after_fraction=0.0, min_delta=0.0)
+    assert s.update(1.0) == (True, False)
+    assert s.update(1.0) == (False, True)
+    # 0.6 of 3 epochs = 1.8: stale epochs count after epoch 1 (floor), i.e. from epoch 2 on
+    t = EarlyStopping(epochs=3, patience=1)
+    assert t.update(1.0) == (True, False)
+    assert t.update(2.0) == (False, True)
+
+
+def test_a_stop_at_the_last_planned_epoch_is_not_early():
+    from mechanoscope.nn.training import EarlyStopping, fit_network
+
+    net = torch.nn.Linear(1, 1)
+    x = torch.ones(4, 1)
+    losses = iter([1.0, 2.0])
+    res = fit_network(net, train_batches=lambda _e: [(x, x)], loss_fn=torch.nn.functional.mse_loss,
+                      optimizer=torch.optim.SGD(net.parameters(), lr=0.0), epochs=2, device=CPU,
+                      validate=lambda: {"val_loss": next(losses)},
+                      stopper=EarlyStopping(2, patience=1, count_after_fraction=0.0))
+    assert len(res.records) == 2 and res.best_epoch == 1 and not res.stopped_early
+
+
+def test_precision_names_are_case_insensitive():
+    from mechanoscope.nn.precision import inference_precision
+
+    assert inference_precision(" BF16 ") == "bf16" and inference_precision("FP32") == "fp32"
