@@ -1,0 +1,51 @@
+"""Truth of the time-lapse and condition simulators against hand values: each detection's
+centroid and area are those of its pixels in the label image (µm), treated cells stiffen
+linearly to the fold over the ramp frames, ellipses keep the cell's area with the aspect
+ratio asked for; replicate effects are ln(replicate / condition median) and cells scatter
+around their replicate's median with the configured sigma."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mechanoscope.simulate.conditions import ConditionsDesign, simulate_condition_table
+from mechanoscope.simulate.timelapse import TimelapseConfig, _Cell, _paint, _stiffness_factor, render_timelapse
+
+
+def test_each_detection_is_its_pixels_in_micrometres():
+    cfg = TimelapseConfig(n_frames=3, image_shape_px=(48, 80), pixel_size_um=0.5, n_cells=4, cell_radius_um=3.0, enter_rate_per_frame=0.0)
+    sim = render_timelapse(cfg, seed=1)
+    assert len(sim.cells) >= 8
+    for r in sim.cells.itertuples():
+        yy, xx = np.nonzero(sim.labels[r.frame] == r.cell_id)
+        assert r.area_um2 == pytest.approx(len(yy) * 0.25)
+        assert (r.centroid_y_um, r.centroid_x_um) == pytest.approx((yy.mean() * 0.5, xx.mean() * 0.5))
+
+
+def test_treated_cells_stiffen_linearly_over_the_ramp():
+    cfg = TimelapseConfig(treatment_frame=5, treatment_ramp_frames=4, treatment_fold=3.0)
+    treated = _Cell(1, 0.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 1000.0, True, 0)
+    control = _Cell(2, 0.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0, 1000.0, False, 0)
+    # frame 5 is the ramp's first of 4 frames: 1 + 2 · k/4 for k = 1..4, then the full fold
+    assert [_stiffness_factor(cfg, treated, t) for t in (0, 4, 5, 6, 7, 8, 9, 30)] == pytest.approx([1, 1, 1.5, 2, 2.5, 3, 3, 3])
+    assert {_stiffness_factor(cfg, control, t) for t in (0, 5, 30)} == {1.0}
+    assert _stiffness_factor(TimelapseConfig(), treated, 30) == 1.0  # no treatment
+
+
+def test_painted_ellipse_has_the_cells_area_and_aspect_ratio():
+    cell = _Cell(1, 50.0, 50.0, 0.0, 0.0, 10.0, 1.0, 0.0, 1000.0, False, 0)
+    cell.ar = 2.25  # long/short axis 2.25: semi-axes 15 and 6.67 µm, area π·10²
+    sy, sx, mask = _paint((400, 400), cell, 0.25, (0.0, 0.0))
+    yy, xx = np.nonzero(mask)
+    assert mask.sum() * 0.25**2 == pytest.approx(np.pi * 100, rel=0.01)
+    assert (np.ptp(xx) + 1) * 0.25 == pytest.approx(30.0, abs=0.5) and (np.ptp(yy) + 1) * 0.25 == pytest.approx(2 * 10 / 1.5, abs=0.5)
+
+
+def test_replicate_effects_and_cell_scatter_by_hand():
+    design = ConditionsDesign(names=["A", "B"], medians_pa=[400.0, 1200.0], replicates=40, replicate_sd_ln=0.2, cell_sigma_ln=0.5)
+    cells, reps = simulate_condition_table(design, 200, seed=3)
+    np.testing.assert_allclose(reps["replicate_effect_ln"], np.log(reps["replicate_median_pa"] / reps["condition_median_pa"]))
+    assert list(reps["replicate"][:3]) == [1, 2, 3] and 0.15 < reps["replicate_effect_ln"].std() < 0.25
+    ln = np.log(cells["stiffness_pa"] / cells["replicate_median_pa"])
+    assert abs(ln.mean()) < 0.02 and 0.48 < ln.std() < 0.52  # 16,000 draws of N(0, 0.5²)
