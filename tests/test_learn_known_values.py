@@ -92,3 +92,37 @@ def test_ensemble_members_start_from_different_weights():
     # and the same seed gives the same first member again (seed · 1000 + member)
     again, _ = train_networks(x, y, x[:0], y[:0], task="regression", n_outputs=1, config=cfg.model_copy(update={"ensemble_size": 1}), keep_epochs=[1])
     assert all(np.array_equal(a, p.detach().numpy()) for a, p in zip(w0, again[0].parameters()))
+
+
+def test_gaussian_loss_reads_output_1_as_the_log_variance(monkeypatch):
+    """combine_ensemble turns output 1 into a variance with exp (it is a log-variance): training
+    must give the Gaussian NLL that same variance, exp(output 1)."""
+    import torch
+
+    seen = []
+    real = torch.nn.functional.gaussian_nll_loss
+
+    def spy(mu, y, var, *a, **k):
+        seen.append((mu.detach().clone(), var.detach().clone()))
+        return real(mu, y, var, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "gaussian_nll_loss", spy)
+    outs = []
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 1, 16, 16)).astype(np.float32)
+    y = rng.normal(size=8).astype(np.float32)
+    cfg = TrainConfig.build(target="stiffness_pa", epochs=1, batch_size=8, width=4, num_threads=1, seed=0, loss="gaussian")
+    from mechanoscope.learn import networks
+
+    build = networks.build_network
+
+    def build_and_watch(*a, **k):
+        net = build(*a, **k)
+        net.register_forward_hook(lambda m, i, o: outs.append(o.detach().clone()))
+        return net
+
+    monkeypatch.setattr(networks, "build_network", build_and_watch)
+    train_networks(x, y, x[:0], y[:0], task="regression", n_outputs=2, config=cfg, keep_epochs=[1])
+    (mu, var), out = seen[0], outs[0]
+    torch.testing.assert_close(mu, out[:, 0])
+    torch.testing.assert_close(var, torch.exp(out[:, 1]).clamp_min(1e-4))
