@@ -49,3 +49,16 @@ def test_replicate_effects_and_cell_scatter_by_hand():
     assert list(reps["replicate"][:3]) == [1, 2, 3] and 0.15 < reps["replicate_effect_ln"].std() < 0.25
     ln = np.log(cells["stiffness_pa"] / cells["replicate_median_pa"])
     assert abs(ln.mean()) < 0.02 and 0.48 < ln.std() < 0.52  # 16,000 draws of N(0, 0.5²)
+
+
+def test_persistent_random_walk_keeps_the_rms_speed():
+    # v ← p·v + √(1 − p²)·noise keeps the RMS speed at speed_um_per_frame in every frame
+    cfg = TimelapseConfig(n_frames=16, image_shape_px=(200, 200), pixel_size_um=2.0, n_cells=30, cell_radius_um=2.0, radius_cv=0.0,
+                          aspect_ratio=1.0, speed_um_per_frame=3.0, persistence=0.7, division_probability=0.0, enter_rate_per_frame=0.0,
+                          miss_probability=0.0, position_noise_um=0.0)
+    c = render_timelapse(cfg, seed=2).cells.sort_values(["true_track_id", "frame"])
+    step = c.groupby("true_track_id")[["centroid_y_um", "centroid_x_um"]].diff().dropna()
+    step = step[c.loc[step.index, "frame"] >= 8]  # well after the start
+    assert len(step) > 150
+    rms = float(np.sqrt((step**2).sum(axis=1).mean()))
+    assert 2.4 < rms < 3.6  # q = 1 − p instead would settle near 3 · 0.3/√(1 − 0.49) = 1.3 µm
