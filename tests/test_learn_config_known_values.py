@@ -64,3 +64,33 @@ def test_export_agreement_tolerance_is_refused_just_above_it():
     assert ok == pytest.approx(0.9e-4, rel=1e-3)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         _check_agreement("onnx", lambda a: np.full((len(a), 1), 1.2e-4, np.float32), module, cfg, {}, Path("m"))
+
+
+def test_compact_cnn_head_sees_the_global_average_of_the_last_stage():
+    import torch
+
+    from mechanoscope.learn.networks import CompactCNN
+
+    torch.manual_seed(0)
+    net = CompactCNN(1, 2, width=4).eval()
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        h = net.features(x)
+        by_hand = h.mean(dim=(2, 3)) @ net.head[2].weight.T + net.head[2].bias  # dropout is off in eval
+        torch.testing.assert_close(net(x), by_hand)
+
+
+def test_affine_augmentation_keeps_masks_binary_and_their_area():
+    import torch
+
+    from mechanoscope.learn.augment import augment_batch
+
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    disk = (np.hypot(yy, xx) < 8).astype(np.float32)
+    x = torch.from_numpy(np.stack([np.stack([disk * 0.5, disk])] * 6))
+    cfg = AugmentConfig(rotate90_flip=False, affine_degrees=45, noise_std=0.0).for_task("regression")
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    mask = out[:, 1].numpy()
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    # bilinear resampling cut at one half: a rotated disk keeps its area (a cut at 0 would add a rim of ~25 px)
+    np.testing.assert_allclose(mask.sum(axis=(1, 2)), disk.sum(), rtol=0.04)
