@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from mechanoscope.simulate.channel import ChannelSimConfig, _draw_cells, _metadata, simulate_channel
+from mechanoscope.simulate.channel import ChannelSimConfig, _draw_cells, _metadata
 from mechanoscope.simulate.conditions import ConditionsDesign
 
 
-def test_time_and_roi_are_the_configured_ones(tmp_path):
+def test_time_and_roi_are_the_configured_ones(tmp_path, monkeypatch):
     import dclab
 
+    from mechanoscope.simulate import channel
+
+    # the look-up table's inversion (11 s of scipy griddata) is tested elsewhere: a fixed deformation here
+    monkeypatch.setattr(channel, "lut_deformation", lambda area, e, cfg: np.full(len(area), 0.03))
     cfg = ChannelSimConfig(n_events=2, roi_px=(64, 120), frame_rate_hz=4000.0, texture_amplitude=0.0, youngs_modulus_range_pa=(1200.0, 1500.0))
-    sim = simulate_channel(tmp_path / "sim", cfg, seed=4)
+    sim = channel.simulate_channel(tmp_path / "sim", cfg, seed=4)
     with dclab.new_dataset(sim.files[0]) as ds:
         assert ds.config["imaging"]["roi size x"] == 120 and ds.config["imaging"]["roi size y"] == 64
         assert ds["image"].shape[1:] == (64, 120)
