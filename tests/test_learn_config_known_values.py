@@ -94,3 +94,20 @@ def test_affine_augmentation_keeps_masks_binary_and_their_area():
     assert set(np.unique(mask)) <= {0.0, 1.0}
     # bilinear resampling cut at one half: a rotated disk keeps its area (a cut at 0 would add a rim of ~25 px)
     np.testing.assert_allclose(mask.sum(axis=(1, 2)), disk.sum(), rtol=0.04)
+
+
+def test_baseline_classifier_weights_classes_by_inverse_frequency():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    from mechanoscope.learn.features import FeatureModel
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y = (rng.random(n) < 0.15).astype(int)  # 15 % minority class
+    t = pd.DataFrame({"area_um2": rng.normal(100, 20, n) + 15 * y, "solidity": rng.uniform(0.8, 1.0, n)})
+    with threadpool_limits(1):
+        fm = FeatureModel("classification", ["area_um2", "solidity"], seed=0, n_classes=2).fit(t, y)
+        peer = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=False, class_weight="balanced", random_state=0)
+        peer.fit(t.to_numpy(), y)
+        np.testing.assert_allclose(fm.raw_outputs(t)[0], peer.predict_proba(t.to_numpy()), atol=1e-12)
