@@ -111,3 +111,26 @@ def test_baseline_classifier_weights_classes_by_inverse_frequency():
         peer = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=False, class_weight="balanced", random_state=0)
         peer.fit(t.to_numpy(), y)
         np.testing.assert_allclose(fm.raw_outputs(t)[0], peer.predict_proba(t.to_numpy()), atol=1e-12)
+
+
+def test_onnx_members_read_their_own_slice_of_one_shared_run():
+    import torch
+
+    from mechanoscope.learn.onnx_predict import OnnxMember, _SharedRun
+
+    calls = []
+
+    class Session:  # the graph's output is (B, K members, n_out)
+        def run(self, names, feeds):
+            a = feeds["crops"]
+            calls.append(a.shape)
+            b = a.shape[0]
+            return [np.stack([np.full((b, 2), 10.0 * k + np.arange(2)) for k in range(3)], 1).astype(np.float32)]
+
+    shared = _SharedRun(Session())
+    members = [OnnxMember(shared, k) for k in range(3)]
+    x = torch.zeros(4, 1, 8, 8)
+    outs = [m(x).numpy() for m in members]
+    assert calls == [(4, 1, 8, 8)]  # one run for all members of the batch
+    for k, o in enumerate(outs):
+        np.testing.assert_array_equal(o, np.tile([10.0 * k, 10.0 * k + 1], (4, 1)))
