@@ -62,3 +62,13 @@ def test_persistent_random_walk_keeps_the_rms_speed():
     assert len(step) > 150
     rms = float(np.sqrt((step**2).sum(axis=1).mean()))
     assert 2.4 < rms < 3.6  # q = 1 − p instead would settle near 3 · 0.3/√(1 − 0.49) = 1.3 µm
+
+
+def test_slow_cells_of_a_wide_field_stay_in_it():
+    # a cell leaves only when its centre leaves the field (rows × columns = 40 × 200 µm): slow cells all stay
+    cfg = TimelapseConfig(n_frames=5, image_shape_px=(40, 200), pixel_size_um=1.0, n_cells=12, cell_radius_um=2.0, speed_um_per_frame=0.2,
+                          division_probability=0.0, enter_rate_per_frame=0.0, miss_probability=0.0, position_noise_um=0.0)
+    sim = render_timelapse(cfg, seed=5)
+    frames = sim.cells.groupby("true_track_id")["frame"].nunique()
+    assert len(frames) >= 10 and (frames == 5).mean() >= 0.8
+    assert sim.cells["centroid_x_um"].max() > 100  # cells far right of the 40 µm height are followed too
