@@ -7,6 +7,8 @@ Fast: the features baseline (gradient boosting on a table, no crops) and a width
 16 × 16 crops for one epoch.
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,26 @@ def test_gaussian_loss_reads_output_1_as_the_log_variance(monkeypatch):
     (mu, var), out = seen[0], outs[0]
     torch.testing.assert_close(mu, out[:, 0])
     torch.testing.assert_close(var, torch.exp(out[:, 1]).clamp_min(1e-4))
+
+
+def test_contrast_scale_is_the_std_of_the_training_crops_contrast(tmp_path):
+    from mechanoscope.learn.data import normalise_crops
+
+    rng = np.random.default_rng(2)
+    table = _table(n_images=12, per_image=6)
+    n = len(table)
+    # crops of an intensity channel whose contrast differs by image: the held-out images' must not set the scale
+    amp = np.repeat(rng.uniform(0.05, 0.6, 12), 6)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    dome = np.clip(1 - (yy**2 + xx**2) / 36, 0, None)
+    inten = 1000 * (1 + amp[:, None, None] * dome + rng.normal(0, 0.01, (n, 16, 16)))
+    crops = np.stack([inten, np.broadcast_to(dome > 0, (n, 16, 16))], 1).astype(np.float32)
+    data = TrainingData(table=table, crops=crops, channels=["intensity", "mask"], attrs={"crop_size_um": 16.0, "crop_pixels": 16})
+    cfg = TrainConfig.build(target="stiffness_pa", epochs=1, batch_size=32, width=4, num_threads=1, seed=0, interval_level=0.8)
+    with threadpool_limits(1):
+        res = train_model(data, cfg, tmp_path / "cnn")
+    train = (res.split == "train").to_numpy()
+    rel = normalise_crops(crops, ["intensity", "mask"], ["intensity"], 1.0)
+    norm = json.loads((res.model_dir / "normalization.json").read_text())
+    assert norm["contrast_scale"] == pytest.approx(float(np.std(rel[train, 0])), rel=1e-6)
+    assert norm["contrast_scale"] != pytest.approx(float(np.std(rel[:, 0])), rel=1e-3)
