@@ -73,6 +73,26 @@ from mechanoscope.cli import explain as _explain; _explain.register(app)  # noqa
 from mechanoscope.cli import run as _run; _run.register(app)  # noqa: E402, E702
 
 
+INTERRUPTED_MESSAGE = "[red]interrupted[/red]; what was finished is kept, run the same command again to resume"
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """A warning that escapes a verb, as the user should see it: one line, no source file or code."""
+    return f"warning: {message}\n"
+
+
+def _quiet_library_chatter() -> None:
+    """Warnings that escape a verb print as one line, not as Python's ``file:line: Category``
+    and a line of source code (``MECHANOSCOPE_DEBUG=1`` keeps Python's format)."""
+    import warnings
+
+    from mechanoscope.cli._common import debug_enabled
+
+    if debug_enabled():
+        return
+    warnings.formatwarning = _one_line_warning
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``mechanoscope`` command with a safety net: never a Python traceback.
 
@@ -85,14 +105,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from mechanoscope.cli._common import EXIT_BUG, console, debug_enabled, unexpected_error_message
 
+    _quiet_library_chatter()
     try:
         app(args=argv, prog_name="mechanoscope")
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C inside a verb into Exit(130) without a word
+            console.print(INTERRUPTED_MESSAGE)
         raise
     except KeyboardInterrupt:
         if debug_enabled():
             raise
-        console.print("[red]interrupted[/red]; what was finished is kept, run the same command again to resume")
+        console.print(INTERRUPTED_MESSAGE)
         sys.exit(130)
     except Exception as exc:  # the last line of defence: one line, no traceback
         if debug_enabled():

@@ -40,8 +40,9 @@ def _read_intensity(source: Path, axes: str | None, shape: tuple[int, ...]):
 
     from mechanoscope.errors import TrackingError
     from mechanoscope.io.images import image_paths, read_image
+    from mechanoscope.track.labels import frame_order
 
-    paths = image_paths(source)
+    paths = frame_order(image_paths(source))
     if len(paths) == 1:
         img = read_image(paths[0], axes=axes, require_pixel_size=False)
         data = np.moveaxis(img.data, img.axes.index("T"), 0) if "T" in img.axes else img.data[None]

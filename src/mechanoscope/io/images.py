@@ -12,11 +12,14 @@ error that says which ``axes=`` option to pass.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,7 +57,7 @@ _VALID_AXES = set("TCZYX")
 # almost certainly a print resolution (72 dpi ...) and not a physical pixel size
 _PLAUSIBLE_PIXEL_UM = (1e-3, 100.0)
 _UNIT_TO_UM = {
-    "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "um": 1.0, "µm": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
     "micrometre": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3,
     "millimeter": 1e3, "cm": 1e4, "m": 1e6,
 }
@@ -223,6 +226,30 @@ def _tiff_pixel_size(tif: Any, page: Any) -> float | None:
     return size if lo <= size <= hi else None
 
 
+def _ignored_resolution(path: Path) -> str:
+    """Why a TIFF's resolution tags gave no pixel size, when they hold an implausible one ('' otherwise)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    try:
+        import tifffile
+
+        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            num, den = tags["XResolution"].value
+            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    except Exception:  # no tags, or unreadable: nothing to add
+        return ""
+    factor = {2: 25400.0, 3: 10000.0}.get(unit)
+    if factor is None or not num or not den:
+        return ""
+    size = factor * den / num
+    lo, hi = _PLAUSIBLE_PIXEL_UM
+    if lo <= size <= hi:
+        return ""
+    return (f" (its resolution tags say {size:.4g} µm per pixel, in {'inch' if unit == 2 else 'cm'} units, outside the "
+            f"plausible {lo:g}–{hi:g} µm of a microscope, so they were ignored)")
+
+
 def max_pixels_limit(max_pixels: int | None = None) -> int:
     """The pixel-count limit in force: ``max_pixels``, else ``MECHANOSCOPE_MAX_PIXELS``, else the default."""
     if max_pixels is None:
@@ -254,10 +281,24 @@ def _check_pixel_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> N
         )
 
 
+@contextlib.contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """Keep tifffile's log warnings about damaged files off the terminal while reading: the
+    reader raises its own error naming the file and what to do (``MECHANOSCOPE_DEBUG=1`` shows them)."""
+    log = logging.getLogger("tifffile")
+    before = log.level
+    if os.environ.get("MECHANOSCOPE_DEBUG", "").strip().lower() in ("", "0", "false", "no"):
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
 def _read_tiff(path: Path, max_pixels: int) -> tuple[np.ndarray, str | None, float | None]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ImageReadError(f"{path}: TIFF holds no image data")
         series = tif.series[0]
@@ -442,7 +483,7 @@ def read_image(
     else:
         if require_pixel_size:
             raise MissingPixelSizeError(
-                f"{p}: the file's metadata gives no pixel size; pass it explicitly, e.g. "
+                f"{p}: the file's metadata gives no pixel size{_ignored_resolution(p)}; pass it explicitly, e.g. "
                 "pixel_size_um=0.65 (CLI: --pixel-size-um 0.65), with the value for your "
                 "camera and objective"
             )

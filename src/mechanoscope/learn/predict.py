@@ -64,6 +64,12 @@ def load_stiffness_model(folder: str | os.PathLike[str]) -> StiffnessModel:
     cfg = mf.config
     if "task" not in cfg or cfg.get("task") not in ("classification", "regression") or "target" not in cfg:
         raise MechanoscopeError(f"{folder}: not a stiffness/phenotype model folder (config.json has no classification/regression task); a segmentation model goes to `mechanoscope segment`")
+    need = {"features": ("feature_columns",), "cnn": ("architecture", "in_channels", "n_outputs", "channels", "crop_pixels", "crop_size_um")}
+    if cfg.get("model_type") not in need:
+        raise MechanoscopeError(f"{folder}/config.json: model_type {cfg.get('model_type')!r} is not 'cnn' or 'features'; the folder is damaged or was edited — copy it again or retrain")
+    lacking = [k for k in need[cfg["model_type"]] if k not in cfg]
+    if lacking:
+        raise MechanoscopeError(f"{folder}/config.json: lacks {', '.join(lacking)} that a {cfg['model_type']} model needs; the folder is damaged or was edited — copy it again or retrain")
     members: list = []
     if cfg["model_type"] == "features":
         from mechanoscope.learn.features import FeatureModel

@@ -368,6 +368,10 @@ def _prepare(table: pd.DataFrame, cfg: ComparisonConfig) -> tuple[pd.DataFrame, 
     nan = ~np.isfinite(cells["value"]) & ~bad
     if nan.any():
         messages.append(f"{int(nan.sum())} cell(s) without a finite {cfg.value} left out")
+    if len(cells) and not (~bad & ~nan).any():
+        raise MechanoscopeError(f"no cell has both a {cfg.by} and a finite {cfg.value} ({int(nan.sum())} value(s) are NaN or "
+                                f"infinite, {int(bad.sum())} cell(s) have no {cfg.by}); predict into the table first or pass "
+                                "the column that holds the values (--value)")
     cells = cells[~bad & ~nan].copy()
     cells["condition"] = cells["condition"].astype(str)
     cells["replicate"] = cells["replicate"].astype(str)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mechanoscope.errors import TrackingError
 
-__all__ = ["as_series", "check_ids_unique", "measure_series", "overlap_table", "read_label_series", "relabel_series"]
+__all__ = ["as_series", "check_ids_unique", "frame_order", "measure_series", "overlap_table", "read_label_series", "relabel_series"]
 
 
 def as_series(frames: np.ndarray | Sequence[np.ndarray], names: Sequence[str] | None = None) -> np.ndarray:
@@ -182,6 +182,37 @@ def relabel_series(series: np.ndarray, tracked: pd.DataFrame, progress: Callable
     return out
 
 
+def frame_order(paths: list[Path]) -> list[Path]:
+    """The files of a folder of frames in time order, refusing a gap in their numbering.
+
+    When every file name ends in a number (``t1.tif`` … ``t10.tif``, ``frame000.tif`` …) the
+    frames are ordered by that number, not by name (``t10`` after ``t9``, not after ``t1``),
+    and a missing number (in steps of the smallest difference, so ``t0, t2, t4`` is whole) raises :class:`TrackingError`: taking the next file as the next
+    frame would silently shift every later frame in time. Other names keep name order.
+    """
+    import re
+
+    numbers = [re.search(r"(\d+)$", Path(q).stem) for q in paths]
+    if len(paths) < 2 or any(m is None for m in numbers):
+        return list(paths)
+    index = [int(m.group(1)) for m in numbers]  # type: ignore[union-attr]
+    if len(set(index)) != len(index):
+        return list(paths)
+    order = sorted(range(len(paths)), key=index.__getitem__)
+    ranked = [index[i] for i in order]
+    step = min(b - a for a, b in zip(ranked, ranked[1:]))  # a regular stride (every 2nd frame saved) is no gap
+    missing = sorted(set(range(ranked[0], ranked[-1] + 1, step)) - set(ranked))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f", … ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise TrackingError(
+            f"{Path(paths[0]).parent}: the frame files are numbered {ranked[0]}..{ranked[-1]}"
+            f"{f' in steps of {step}' if step > 1 else ''} but frame number(s) "
+            f"{shown} are missing; the next file would be taken as the next frame and shift every later one in time. "
+            "Restore the missing frame(s), or put an empty (all-zero) label image of the same shape in each place"
+        )
+    return [paths[i] for i in order]
+
+
 def read_label_series(
     source: str | os.PathLike[str], *, axes: str | None = None, pixel_size_um: float | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -212,6 +243,7 @@ def read_label_series(
         if not np.issubdtype(data.dtype, np.integer):
             raise TrackingError(f"{paths[0]}: a label image must hold integer ids, got {data.dtype}")
         return as_series(data), img.pixel_size_um, [f"{paths[0].name}[T={t}]" for t in range(data.shape[0])]
+    paths = frame_order(paths)
     frames, px = [], None
     for k, q in enumerate(paths):
         if progress is not None and k:
