@@ -102,6 +102,8 @@ def test_predict_images_equals_the_folder_to_folder_chain(sim, models, tmp_path)
         assert (new / "labels" / p.name).read_bytes() == p.read_bytes()
     assert info["n_failed"] == 0 and info["complete"] and [e["status"] for e in info["status"]] == ["done"] * N_IMAGES
     assert info["n_cells"] == len(b) and info["crops_per_second"] and len(info["models"]) == 2
+    # throughput is cells per second of prediction (both stored rounded: 0.001 s and 0.1 cells/s)
+    assert info["crops_per_second"] == pytest.approx(info["n_cells"] / info["prediction_seconds"], rel=0.05, abs=0.1)
     assert all({"read", "segment", "extract", "predict", "write", "total"} <= set(e["seconds"]) for e in info["status"])
 
 

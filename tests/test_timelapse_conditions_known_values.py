@@ -72,3 +72,15 @@ def test_slow_cells_of_a_wide_field_stay_in_it():
     frames = sim.cells.groupby("true_track_id")["frame"].nunique()
     assert len(frames) >= 10 and (frames == 5).mean() >= 0.8
     assert sim.cells["centroid_x_um"].max() > 100  # cells far right of the 40 µm height are followed too
+
+
+def test_a_mother_divides_in_the_truth_only_when_both_daughters_were_seen():
+    # lineage.divides must agree with the lineage itself: a division is a mother with two daughter
+    # tracks (as in the CTC ground truth); a mother whose second daughter was never detected is
+    # not a division event. This seed has such mothers, so a ">= 1 daughter" rule shows here.
+    cfg = TimelapseConfig(division_probability=0.1, min_frames_between_divisions=3)
+    lin = render_timelapse(cfg, seed=1).lineage
+    daughters = lin.loc[lin["parent_track_id"] > 0].groupby("parent_track_id").size()
+    n_daughters = lin["true_track_id"].map(daughters).fillna(0).astype(int)
+    assert (n_daughters == 1).any() and (n_daughters == 2).sum() > 50
+    assert (lin["divides"] == (n_daughters == 2)).all()
